@@ -1,0 +1,29 @@
+"""assigndet: ATSS, PAA, Dynamic ATSS, PAA-RPN Faster R-CNN and IoU-Net, faithful and fast."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from typing import Sequence
+
+
+def build_detector(name: str, *, weights: str | None = None, overrides: Sequence[str] = ()):
+    """Build the detector of preset ``name`` (``assigndet presets`` lists them).
+
+    ``weights``: a ``.safetensors`` file written by assigndet (or a released checkpoint, where
+    supported); random initialisation when None. ``overrides``: ``key=value`` strings applied to
+    the preset's config, e.g. ``["model.num_classes=3"]``. Returns an ``nn.Module`` with
+    torchvision's detection contract (labels are 0-based contiguous class indices).
+    """
+    from .config import load_config
+    from .detectors import build_model
+
+    cfg = load_config(name, list(overrides))
+    model = build_model(cfg.model)
+    if weights is not None:
+        from .checkpoints import load_weights
+
+        load_weights(model, weights)
+    return model
+
+
+__all__ = ["build_detector", "__version__"]

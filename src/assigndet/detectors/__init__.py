@@ -1,0 +1,20 @@
+"""Detectors and the builders."""
+from __future__ import annotations
+
+from torch import nn
+
+from ..config import ModelConfig
+from .atss import ATSS
+from .base import DenseDetector, TargetError
+
+ARCHS: dict[str, type[nn.Module]] = {"atss": ATSS}
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """The detector described by ``cfg`` (random init unless backbone weights are configured)."""
+    if cfg.arch not in ARCHS:
+        raise ValueError(f"unknown model.arch {cfg.arch!r} (expected one of {sorted(ARCHS)})")
+    return ARCHS[cfg.arch](cfg)
+
+
+__all__ = ["ATSS", "DenseDetector", "TargetError", "ARCHS", "build_model"]

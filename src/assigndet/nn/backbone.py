@@ -1,0 +1,145 @@
+"""ResNet / ResNeXt bodies from torchvision's blocks, in torchvision's module names.
+
+Options cover the original weights' "caffe2" style (stride in the first 1x1 conv of each
+downsampling block, FrozenBatchNorm without epsilon) and the torchvision style (stride in the
+3x3 conv). The body returns C2..C5 (strides 4, 8, 16, 32).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.ops import FrozenBatchNorm2d
+
+log = logging.getLogger("assigndet")
+
+_BLOCKS = {18: (BasicBlock, [2, 2, 2, 2]), 34: (BasicBlock, [3, 4, 6, 3]), 50: (Bottleneck, [3, 4, 6, 3]),
+           101: (Bottleneck, [3, 4, 23, 3]), 152: (Bottleneck, [3, 8, 36, 3])}
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(32, channels), channels)
+
+
+def norm_layer_factory(norm: str, *, frozen_bn_eps: float = 0.0):
+    if norm == "frozen_bn":
+        return partial(FrozenBatchNorm2d, eps=frozen_bn_eps)
+    if norm == "bn":
+        return nn.BatchNorm2d
+    if norm == "gn":
+        return _group_norm
+    raise ValueError(f"unknown backbone norm {norm!r} (expected frozen_bn, bn or gn)")
+
+
+class ResNetBody(nn.Module):
+    """conv1/bn1/relu/maxpool + layer1..layer4; forward returns [C2, C3, C4, C5]."""
+
+    def __init__(
+        self,
+        *,
+        depth: int = 50,
+        groups: int = 1,
+        width_per_group: int = 64,
+        base_width: int = 64,
+        style: str = "caffe2",
+        norm: str = "frozen_bn",
+        frozen_bn_eps: float = 0.0,
+        freeze_at: int = 2,
+    ) -> None:
+        super().__init__()
+        if depth not in _BLOCKS:
+            raise ValueError(f"unsupported ResNet depth {depth} (expected one of {sorted(_BLOCKS)})")
+        if style not in ("caffe2", "pytorch"):
+            raise ValueError(f"unknown backbone style {style!r} (expected 'caffe2' or 'pytorch')")
+        block, layers = _BLOCKS[depth]
+        norm_layer = norm_layer_factory(norm, frozen_bn_eps=frozen_bn_eps)
+        self.conv1 = nn.Conv2d(3, base_width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = norm_layer(base_width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        inplanes = base_width
+        self.out_channels: list[int] = []
+        for i, n in enumerate(layers):
+            planes = base_width * 2**i
+            stride = 1 if i == 0 else 2
+            downsample = None
+            if stride != 1 or inplanes != planes * block.expansion:
+                downsample = nn.Sequential(
+                    nn.Conv2d(inplanes, planes * block.expansion, kernel_size=1, stride=stride, bias=False),
+                    norm_layer(planes * block.expansion),
+                )
+            kw = dict(groups=groups, base_width=width_per_group, norm_layer=norm_layer) if block is Bottleneck else dict(norm_layer=norm_layer)
+            blocks = [block(inplanes, planes, stride, downsample, **kw)]
+            inplanes = planes * block.expansion
+            blocks += [block(inplanes, planes, **kw) for _ in range(1, n)]
+            if style == "caffe2" and block is Bottleneck and stride != 1:
+                blocks[0].conv1.stride = (stride, stride)  # STRIDE_IN_1X1
+                blocks[0].conv2.stride = (1, 1)
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+            self.out_channels.append(inplanes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        self.freeze(freeze_at)
+
+    def freeze(self, freeze_at: int) -> None:
+        """0: nothing; 1: the stem; 2: stem + layer1 (FREEZE_CONV_BODY_AT); k: stem + layer1..k-1."""
+        modules = [self.conv1, self.bn1] + [getattr(self, f"layer{i}") for i in range(1, 5)]
+        for m in modules[: freeze_at + 1 if freeze_at > 0 else 0]:
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        c2 = self.layer1(x)
+        c3 = self.layer2(c2)
+        c4 = self.layer3(c3)
+        c5 = self.layer4(c4)
+        return [c2, c3, c4, c5]
+
+
+_TV_NAMES = {(18, 1, 64): "resnet18", (34, 1, 64): "resnet34", (50, 1, 64): "resnet50", (101, 1, 64): "resnet101",
+             (152, 1, 64): "resnet152", (50, 32, 4): "resnext50_32x4d", (101, 32, 8): "resnext101_32x8d",
+             (101, 64, 4): "resnext101_64x4d"}
+
+
+def load_backbone_weights(body: ResNetBody, weights: str, *, depth: int, groups: int, width_per_group: int) -> None:
+    """Load ImageNet weights from a torchvision weight enum name (e.g. ``IMAGENET1K_V1`` or
+    ``ResNet50_Weights.IMAGENET1K_V2``) or a local ``.pth``/``.safetensors`` file."""
+    if os.path.exists(weights):
+        if weights.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(weights)
+        else:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+    else:
+        from torchvision.models import get_model_weights
+
+        name = _TV_NAMES.get((depth, groups, width_per_group))
+        if name is None:
+            raise ValueError(f"no torchvision ImageNet weights for ResNet depth {depth}, {groups}x{width_per_group}d; "
+                             "give a local file in model.backbone.weights")
+        enum = get_model_weights(name)
+        key = weights.split(".")[-1]
+        try:
+            w = enum[key]
+        except KeyError:
+            raise ValueError(f"unknown backbone weights {weights!r}: neither a file nor one of "
+                             f"{[m.name for m in enum]}") from None
+        state = w.get_state_dict(progress=False)
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = body.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise ValueError(f"backbone weights {weights}: missing keys {missing[:8]}, unexpected keys {unexpected[:8]}")
+    log.info("loaded backbone weights %s", weights)

@@ -1,0 +1,113 @@
+"""Resize (the original's rule), normalise and pad a list of images into a batch (SPEC §1.2)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+from torchvision.transforms.v2 import functional as TF
+
+
+def resize_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """The resized (H, W): short side ``min_size`` unless the long side would pass ``max_size``
+    (then the short side is ``round(max_size * short / long)``); the long side is truncated.
+    A short side already equal to the target keeps the size."""
+    size = min_size
+    short, long = min(width, height), max(width, height)
+    if max_size > 0 and long / short * size > max_size:
+        size = int(round(max_size * short / long))
+    if (width <= height and width == size) or (height <= width and height == size):
+        return height, width
+    if width < height:
+        return int(size * height / width), size
+    return size, int(size * width / height)
+
+
+def pil_resize_uint8(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of a uint8 (3, H, W) tensor with Pillow itself: byte-identical to the
+    original's test-time resize (SPEC §8 trap 25)."""
+    arr = image.permute(1, 2, 0).contiguous().cpu().numpy()
+    out = Image.fromarray(arr).resize((size[1], size[0]), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(out).copy()).permute(2, 0, 1).to(image.device)
+
+
+class ImageTransform(nn.Module):
+    """Images of any size (uint8 0..255 or float 0..1, RGB) -> a padded normalised batch.
+
+    Returns the batch (B, 3, H, W), the resized sizes (H_i, W_i) and the targets with boxes
+    scaled by the per-axis ratio new/old (SPEC §1.2: no +1 correction).
+    """
+
+    def __init__(
+        self,
+        *,
+        min_size_train: list[int],
+        max_size_train: int,
+        min_size_test: int,
+        max_size_test: int,
+        size_divisible: int = 32,
+        to_bgr255: bool = True,
+        pixel_mean: list[float],
+        pixel_std: list[float],
+        exact_test_resize: bool = True,
+    ) -> None:
+        super().__init__()
+        if len(min_size_train) not in (1, 2):
+            raise ValueError(f"min_size_train must be [S] or [lo, hi], got {min_size_train}")
+        self.min_size_train = list(min_size_train)
+        self.max_size_train = max_size_train
+        self.min_size_test = min_size_test
+        self.max_size_test = max_size_test
+        self.size_divisible = size_divisible
+        self.to_bgr255 = to_bgr255
+        self.exact_test_resize = exact_test_resize
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1), persistent=False)
+
+    def _target_short_side(self) -> int:
+        if not self.training:
+            return self.min_size_test
+        if len(self.min_size_train) == 1:
+            return self.min_size_train[0]
+        lo, hi = self.min_size_train
+        return int(torch.randint(lo, hi + 1, (1,)).item())
+
+    def _resize(self, image: Tensor, size: tuple[int, int]) -> Tensor:
+        if tuple(image.shape[-2:]) == size:
+            return image
+        if image.dtype == torch.uint8 and not self.training and self.exact_test_resize and image.device.type == "cpu":
+            return pil_resize_uint8(image, size)
+        return TF.resize(image, list(size), antialias=True)
+
+    def _normalise(self, image: Tensor) -> Tensor:
+        x = image.to(self.pixel_mean.dtype)
+        if image.dtype != torch.uint8:
+            x = x * 255.0
+        if self.to_bgr255:
+            x = x.flip(0)  # RGB -> BGR; mean and std are on the 0..255 scale either way
+        return (x - self.pixel_mean) / self.pixel_std
+
+    def forward(self, images: list[Tensor], targets: list[dict] | None = None):
+        out, sizes, new_targets = [], [], []
+        max_size = self.max_size_train if self.training else self.max_size_test
+        for i, img in enumerate(images):
+            if img.dim() != 3 or img.shape[0] != 3:
+                raise ValueError(f"image {i}: expected a (3, H, W) tensor, got shape {tuple(img.shape)}")
+            h, w = img.shape[-2:]
+            size = resize_size(h, w, self._target_short_side(), max_size)
+            out.append(self._normalise(self._resize(img, size)))
+            sizes.append(size)
+            if targets is not None:
+                t = dict(targets[i])
+                ratio = torch.tensor([size[1] / w, size[0] / h, size[1] / w, size[0] / h], device=img.device)
+                t["boxes"] = t["boxes"].to(self.pixel_mean.dtype) * ratio
+                new_targets.append(t)
+        d = self.size_divisible
+        hmax = max(s[0] for s in sizes)
+        wmax = max(s[1] for s in sizes)
+        hmax, wmax = (hmax + d - 1) // d * d, (wmax + d - 1) // d * d
+        batch = out[0].new_zeros((len(out), 3, hmax, wmax))
+        for b, x in zip(batch, out):
+            b[:, : x.shape[1], : x.shape[2]].copy_(x)
+        return batch, sizes, (new_targets if targets is not None else None)

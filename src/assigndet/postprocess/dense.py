@@ -1,0 +1,107 @@
+"""Dense-detector post-processing (SPEC §1.9): per level threshold and top-k, decode, clip,
+class-wise NMS with the pixel offset, the k-th-value top-N rule."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms
+
+from ..boxes import BoxCoder, clip_boxes
+
+
+def nms_with_offset(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float, *, offset: float = 1.0) -> Tensor:
+    """Class-wise NMS (suppress IoU > threshold) with the +offset IoU; indices by decreasing score.
+
+    IoU with offset 1 equals torchvision's IoU on boxes whose x2, y2 are shifted by +1.
+    """
+    if offset:
+        boxes = torch.cat((boxes[:, :2], boxes[:, 2:] + offset), dim=1)
+    return batched_nms(boxes, scores, labels, iou_threshold)
+
+
+def kth_value_top(scores: Tensor, k: int) -> Tensor:
+    """Mask keeping every score >= the k-th largest (can keep more than k on exact ties)."""
+    n = scores.numel()
+    if n <= k or k <= 0:
+        return torch.ones_like(scores, dtype=torch.bool)
+    thresh = scores.kthvalue(n - k + 1).values
+    return scores >= thresh
+
+
+def select_candidates(
+    logits: Tensor,
+    deltas: Tensor,
+    quality: Tensor,
+    anchors: Tensor,
+    num_anchors_per_level: list[int],
+    image_size: tuple[int, int],
+    coder: BoxCoder,
+    *,
+    score_thresh: float = 0.05,
+    pre_nms_top_n: int = 1000,
+    sqrt_rank: bool = False,
+    offset: float = 1.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Steps 1-5 of SPEC §1.9 for one image: candidate boxes (K, 4), scores sqrt(p q) (K,), labels (K,).
+
+    logits (A, C) raw; deltas (A, 4); quality (A,) raw logits; anchors (A, 4).
+    """
+    num_classes = logits.shape[1]
+    probs = logits.sigmoid()  # (A, C)
+    q = quality.sigmoid()  # (A,)
+    boxes_out, scores_out, labels_out = [], [], []
+    start = 0
+    for n in num_anchors_per_level:
+        p = probs[start : start + n]  # (n, C)
+        ql = q[start : start + n]
+        cand = p > score_thresh  # (n, C)
+        rank = p * ql[:, None]  # (n, C)
+        if sqrt_rank:
+            rank = rank.sqrt()
+        rank = torch.where(cand, rank, torch.full_like(rank, -1.0)).flatten()  # (n C,)
+        k = min(pre_nms_top_n, rank.numel())
+        top, idx = rank.topk(k)  # sorted
+        ok = top >= 0  # only real candidates (at most #candidates of them)
+        idx = idx[ok]
+        a = idx // num_classes + start
+        c = idx % num_classes
+        pq = probs[a, c] * q[a]
+        boxes_out.append(coder.decode(deltas[a], anchors[a]))
+        scores_out.append(pq.sqrt())
+        labels_out.append(c)
+        start += n
+    boxes = clip_boxes(torch.cat(boxes_out), image_size, offset=offset)
+    return boxes, torch.cat(scores_out), torch.cat(labels_out)
+
+
+def dense_postprocess(
+    logits: Tensor,
+    deltas: Tensor,
+    quality: Tensor,
+    anchors: Tensor,
+    num_anchors_per_level: list[int],
+    image_size: tuple[int, int],
+    coder: BoxCoder,
+    *,
+    score_thresh: float = 0.05,
+    pre_nms_top_n: int = 1000,
+    nms_thresh: float = 0.6,
+    detections_per_img: int = 100,
+    sqrt_rank: bool = False,
+    offset: float = 1.0,
+    score_voting: bool = False,
+    score_voting_sigma: float = 0.025,
+) -> dict[str, Tensor]:
+    """Detections of one image in resized-image pixels: dict(boxes (N, 4), scores (N,), labels (N,))."""
+    boxes, scores, labels = select_candidates(
+        logits, deltas, quality, anchors, num_anchors_per_level, image_size, coder,
+        score_thresh=score_thresh, pre_nms_top_n=pre_nms_top_n, sqrt_rank=sqrt_rank, offset=offset,
+    )
+    keep = nms_with_offset(boxes, scores, labels, nms_thresh, offset=offset)  # sorted by score
+    keep = keep[kth_value_top(scores[keep], detections_per_img)]
+    out_boxes = boxes[keep]
+    if score_voting and keep.numel() > 0:
+        from .voting import score_voting as vote
+
+        out_boxes = vote(out_boxes, labels[keep], boxes, scores, labels, sigma=score_voting_sigma, offset=offset)
+    return {"boxes": out_boxes, "scores": scores[keep], "labels": labels[keep]}
