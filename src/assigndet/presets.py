@@ -10,3 +10,33 @@ def atss_R_50_FPN_1x() -> Config:
     return Config(model=ModelConfig(arch="atss"), data=DataConfig(root="datasets/coco", train_images="train2017",
                   train_ann="annotations/instances_train2017.json", val_images="val2017",
                   val_ann="annotations/instances_val2017.json"))
+
+
+def _shapes_data() -> DataConfig:
+    return DataConfig(root="data/shapes", num_workers=2)
+
+
+def _shapes_model(arch: str) -> ModelConfig:
+    """A small from-scratch detector for the embedded shapes dataset (7 classes, 160-320 px)."""
+    return ModelConfig(
+        arch=arch,
+        num_classes=7,
+        backbone=BackboneConfig(depth=18, base_width=32, style="pytorch", norm="bn", freeze_at=0),
+        input=InputConfig(min_size_train=[224, 288], max_size_train=384, min_size_test=256, max_size_test=384),
+        fpn_channels=64,
+        head_convs=2,
+        anchor_sizes=[32.0, 64.0, 128.0, 256.0, 512.0],
+    )
+
+
+def _shapes_solver() -> SolverConfig:
+    return SolverConfig(ims_per_batch=8, base_lr=0.02, reference_batch=8, max_iter=1500, steps=[1100, 1350],
+                        warmup_iters=100, warmup_factor=0.1, warmup_method="linear", weight_decay=1e-4,
+                        checkpoint_period=500, log_period=20, clip_grad_norm=10.0)
+
+
+@register("atss_R_18_shapes")
+def atss_R_18_shapes() -> Config:
+    """ATSS on the embedded shapes dataset; what ``assigndet demo`` trains."""
+    return Config(model=_shapes_model("atss"), data=_shapes_data(), solver=_shapes_solver(),
+                  test=TestConfig(ims_per_batch=8, num_workers=2))
