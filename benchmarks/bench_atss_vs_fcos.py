@@ -1,0 +1,76 @@
+"""ATSS R-50-FPN (assigndet, preset atss_R_50_FPN_1x) against torchvision's FCOS R-50-FPN with the
+same backbone (FrozenBN, stem + layer1 frozen), FPN P3-P7, head (4 GN convs per tower, 256 ch)
+and 80 classes, on the same image in the same process: inference and one training step
+(forward + backward + SGD step). Times are medians of interleaved repetitions.
+
+    python benchmarks/bench_atss_vs_fcos.py --repeats 7 --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from torchvision.models import resnet50
+from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.models.detection.fcos import FCOS
+from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+import assigndet
+from common import interleaved_medians
+
+
+def build_fcos() -> torch.nn.Module:
+    body = resnet50(norm_layer=FrozenBatchNorm2d)
+    backbone = _resnet_fpn_extractor(body, 3, returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
+    return FCOS(backbone, num_classes=80, min_size=800, max_size=1333)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--height", type=int, default=800)
+    ap.add_argument("--width", type=int, default=1216)
+    ap.add_argument("--gts", type=int, default=10)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    atss = assigndet.build_detector("atss_R_50_FPN_1x")
+    fcos = build_fcos()
+    image = torch.rand(3, args.height, args.width)
+    xy = torch.rand(args.gts, 2) * torch.tensor([args.width * 0.7, args.height * 0.7])
+    wh = 16 + torch.rand(args.gts, 2) * torch.tensor([args.width * 0.3, args.height * 0.3])
+    boxes = torch.cat([xy, xy + wh], 1)
+    labels = torch.randint(0, 80, (args.gts,))
+    t_atss = [{"boxes": boxes, "labels": labels}]
+    t_fcos = [{"boxes": boxes, "labels": labels}]
+
+    def infer(m):
+        m.eval()
+        with torch.no_grad():
+            m([image])
+
+    opts = {k: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-5, momentum=0.9)
+            for k, m in (("atss", atss), ("fcos", fcos))}
+
+    def step(name, m, t):
+        m.train()
+        losses = m([image], t)
+        opts[name].zero_grad()
+        sum(losses.values()).backward()
+        opts[name].step()
+
+    inf = interleaved_medians({"atss": lambda: infer(atss), "fcos": lambda: infer(fcos)}, repeats=args.repeats)
+    trn = interleaved_medians({"atss": lambda: step("atss", atss, t_atss), "fcos": lambda: step("fcos", fcos, t_fcos)},
+                              repeats=args.repeats)
+    res = {"threads": args.threads, "image": [args.height, args.width], "repeats": args.repeats,
+           "inference_s": inf, "train_step_s": trn,
+           "inference_ratio_atss_over_fcos": inf["atss"] / inf["fcos"],
+           "train_step_ratio_atss_over_fcos": trn["atss"] / trn["fcos"]}
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()

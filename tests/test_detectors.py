@@ -1,0 +1,100 @@
+import pytest
+import torch
+
+import assigndet
+from assigndet.config import load_config
+from assigndet.detectors import TargetError, build_model
+
+
+def tiny(arch="atss", overrides=()):
+    from conftest import TINY_OVERRIDES
+
+    torch.manual_seed(0)
+    cfg = load_config("atss_R_18_shapes", TINY_OVERRIDES + [f"model.arch={arch}"] + list(overrides))
+    return build_model(cfg.model)
+
+
+def images_and_targets():
+    g = torch.Generator().manual_seed(0)
+    imgs = [(torch.rand(3, 64, 80, generator=g) * 255).to(torch.uint8), (torch.rand(3, 72, 64, generator=g) * 255).to(torch.uint8)]
+    targets = [
+        {"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0], [30.0, 10.0, 70.0, 30.0]]), "labels": torch.tensor([0, 2])},
+        {"boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0]]), "labels": torch.tensor([1])},
+    ]
+    return imgs, targets
+
+
+def test_r50_preset_matches_original_size():
+    m = assigndet.build_detector("atss_R_50_FPN_1x")
+    assert sum(p.numel() for p in m.parameters()) == 32_244_250  # SPEC §7.1: ~32.24 M
+    frozen = [n for n, p in m.named_parameters() if not p.requires_grad]
+    assert all(n.startswith(("body.conv1", "body.layer1")) for n in frozen) and frozen
+    # caffe2 style: stride in the first 1x1 conv; FrozenBN without eps
+    assert m.body.layer2[0].conv1.stride == (2, 2) and m.body.layer2[0].conv2.stride == (1, 1)
+    assert m.body.bn1.eps == 0.0
+    assert m.head.cls_logits.bias[0].item() == pytest.approx(-4.59512, abs=1e-4)
+
+
+@pytest.mark.parametrize("num_gt", [0, 1, 2])
+def test_losses_finite_and_backward(num_gt):
+    m = tiny()
+    m.train()
+    imgs, targets = images_and_targets()
+    targets = [{"boxes": t["boxes"][:num_gt], "labels": t["labels"][:num_gt]} for t in targets]
+    losses = m(imgs, targets)
+    assert set(losses) == {"loss_cls", "loss_reg", "loss_centerness"}
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    grads = [p.grad for p in m.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    if num_gt == 0:
+        assert losses["loss_reg"].item() == 0 and losses["loss_centerness"].item() == 0
+
+
+def test_predict_format_and_input_types():
+    m = tiny(overrides=["model.score_thresh=0.0"]).eval()  # untrained: every p is ~0.01
+    imgs, _ = images_and_targets()
+    with torch.no_grad():
+        out_u8 = m(imgs)
+        out_f = m([i.float() / 255 for i in imgs])
+    assert len(out_u8) == 2
+    for d, img in zip(out_u8, imgs):
+        assert set(d) == {"boxes", "scores", "labels"}
+        assert d["boxes"].shape[1] == 4 and d["labels"].dtype == torch.int64
+        assert len(d["boxes"]) <= 100
+        if len(d["boxes"]):
+            h, w = img.shape[-2:]
+            assert d["boxes"][:, 2].max() <= w and d["boxes"][:, 3].max() <= h  # original pixels
+            assert (d["scores"][:-1] >= d["scores"][1:]).all()
+    # same pixels as uint8 or float: same detections (the resize path differs: allow small change)
+    assert len(out_u8[0]["boxes"]) > 0
+    torch.testing.assert_close(out_u8[0]["scores"][:5], out_f[0]["scores"][:5], atol=2e-2, rtol=0)
+
+
+def test_bad_targets_name_the_image():
+    m = tiny().train()
+    imgs, targets = images_and_targets()
+    bad = [dict(targets[0]), dict(targets[1], boxes=torch.tensor([[10.0, 10.0, 5.0, 60.0]]), image_id=42)]
+    with pytest.raises(TargetError, match="image 42"):
+        m(imgs, bad)
+    bad = [dict(targets[0]), dict(targets[1], labels=torch.tensor([7]))]
+    with pytest.raises(TargetError, match="labels"):
+        m(imgs, bad)
+    with pytest.raises(ValueError, match="targets"):
+        m(imgs)
+
+
+def test_overfit_one_batch():
+    m = tiny(overrides=["model.head_convs=2"])
+    m.train()
+    imgs, targets = images_and_targets()
+    opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    first = None
+    for _ in range(40):
+        loss = sum(m(imgs, targets).values())
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.6 * first
