@@ -35,21 +35,28 @@ def test_r50_preset_matches_original_size():
     assert m.head.cls_logits.bias[0].item() == pytest.approx(-4.59512, abs=1e-4)
 
 
+LOSS_KEYS = {
+    "atss": {"loss_cls", "loss_reg", "loss_centerness"},
+    "dynamic_atss": {"loss_cls", "loss_reg", "loss_iou"},
+}
+
+
+@pytest.mark.parametrize("arch", sorted(LOSS_KEYS))
 @pytest.mark.parametrize("num_gt", [0, 1, 2])
-def test_losses_finite_and_backward(num_gt):
-    m = tiny()
+def test_losses_finite_and_backward(num_gt, arch):
+    m = tiny(arch)
     m.train()
     imgs, targets = images_and_targets()
     targets = [{"boxes": t["boxes"][:num_gt], "labels": t["labels"][:num_gt]} for t in targets]
     losses = m(imgs, targets)
-    assert set(losses) == {"loss_cls", "loss_reg", "loss_centerness"}
+    assert set(losses) == LOSS_KEYS[arch]
     total = sum(losses.values())
     assert torch.isfinite(total)
     total.backward()
     grads = [p.grad for p in m.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     if num_gt == 0:
-        assert losses["loss_reg"].item() == 0 and losses["loss_centerness"].item() == 0
+        assert all(v.item() == 0 for k, v in losses.items() if k != "loss_cls")
 
 
 def test_predict_format_and_input_types():
@@ -85,8 +92,9 @@ def test_bad_targets_name_the_image():
         m(imgs)
 
 
-def test_overfit_one_batch():
-    m = tiny(overrides=["model.head_convs=2"])
+@pytest.mark.parametrize("arch", sorted(LOSS_KEYS))
+def test_overfit_one_batch(arch):
+    m = tiny(arch, overrides=["model.head_convs=2"])
     m.train()
     imgs, targets = images_and_targets()
     opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.01, momentum=0.9)

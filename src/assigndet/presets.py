@@ -40,3 +40,18 @@ def atss_R_18_shapes() -> Config:
     """ATSS on the embedded shapes dataset; what ``assigndet demo`` trains."""
     return Config(model=_shapes_model("atss"), data=_shapes_data(), solver=_shapes_solver(),
                   test=TestConfig(ims_per_batch=8, num_workers=2))
+
+
+@register("dynamic_atss_R_50_FPN_1x")
+def dynamic_atss_R_50_FPN_1x() -> Config:
+    """ZTX-100/DLA-Combined-IoUs: the ATSS R-50-FPN 1x config with the dynamic assignment (SPEC §4)."""
+    cfg = atss_R_50_FPN_1x()
+    cfg.model.arch = "dynamic_atss"
+    return cfg
+
+
+@register("dynamic_atss_R_18_shapes")
+def dynamic_atss_R_18_shapes() -> Config:
+    cfg = atss_R_18_shapes()
+    cfg.model.arch = "dynamic_atss"
+    return cfg

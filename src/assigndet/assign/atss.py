@@ -58,7 +58,7 @@ def atss_assign(
     gt_idx = torch.arange(num_gts, device=anchors.device).expand_as(cand)  # (K, G)
     # 5. centre inside its GT: per (candidate, GT) pair
     pts = anchor_ctr[cand.reshape(-1)]  # (K*G, 2)
-    inside = _pair_inside(pts, gt_boxes[gt_idx.reshape(-1)])  # (K*G,)
+    inside = pair_inside(pts, gt_boxes[gt_idx.reshape(-1)])  # (K*G,)
     is_pos &= inside.view_as(is_pos)
     # 6. resolve multiple GTs by the highest IoU; non-positive pairs count as -inf
     masked = torch.full_like(ious, -1e8)  # (A, G)
@@ -69,7 +69,7 @@ def atss_assign(
     return torch.where(best > -1e8, best_gt, torch.full_like(best_gt, -1))
 
 
-def _pair_inside(points: Tensor, boxes: Tensor, margin: float = 0.01) -> Tensor:
+def pair_inside(points: Tensor, boxes: Tensor, margin: float = 0.01) -> Tensor:
     """points (N, 2) strictly inside the matching boxes (N, 4) by more than ``margin`` -> (N,)."""
     d = torch.stack(
         (points[:, 0] - boxes[:, 0], points[:, 1] - boxes[:, 1], boxes[:, 2] - points[:, 0], boxes[:, 3] - points[:, 1]),

@@ -6,8 +6,9 @@ from torch import nn
 from ..config import ModelConfig
 from .atss import ATSS
 from .base import DenseDetector, TargetError
+from .dynamic_atss import DynamicATSS
 
-ARCHS: dict[str, type[nn.Module]] = {"atss": ATSS}
+ARCHS: dict[str, type[nn.Module]] = {"atss": ATSS, "dynamic_atss": DynamicATSS}
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
@@ -17,4 +18,4 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     return ARCHS[cfg.arch](cfg)
 
 
-__all__ = ["ATSS", "DenseDetector", "TargetError", "ARCHS", "build_model"]
+__all__ = ["ATSS", "DynamicATSS", "DenseDetector", "TargetError", "ARCHS", "build_model"]

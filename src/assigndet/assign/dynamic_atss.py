@@ -1,0 +1,54 @@
+"""Dynamic ATSS (arXiv 2201.09396, ZTX-100/DLA-Combined-IoUs): ATSS on predicted + anchor IoUs, SPEC §4.1."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..boxes import box_centers, box_iou
+from .atss import atss_candidates, pair_inside
+
+
+@torch.no_grad()
+def dynamic_atss_assign(
+    anchors: Tensor,
+    num_anchors_per_level: list[int],
+    gt_boxes: Tensor,
+    pred_boxes: Tensor,
+    *,
+    topk: int = 9,
+    offset: float = 1.0,
+    num_anchors_per_location: int = 1,
+) -> tuple[Tensor, Tensor]:
+    """GT index per anchor (or -1) and the IoU target per anchor -> ((A,) int64, (A,) float).
+
+    anchors (A, 4); gt_boxes (G, 4); pred_boxes (A, 4) the decoded (detached) predictions.
+    The IoU target is IoU(prediction, assigned GT) with the offset convention; background
+    anchors get the IoU with GT 0 as the reference does (unused by the losses).
+
+    1. P = IoU(prediction, GT), Q = IoU(anchor, GT), S = P + Q.
+    2. Candidates as ATSS: per level the topk * A anchors with the nearest *anchor* centres.
+    3. Per GT, threshold = mean(P) + mean(Q) + std(P) + std(Q) over its candidates (unbiased).
+    4. Positive iff S >= threshold and the anchor centre is inside the GT by more than 0.01.
+    5. Several GTs: the highest S wins.
+    """
+    num_anchors, num_gts = anchors.shape[0], gt_boxes.shape[0]
+    if num_gts == 0 or num_anchors == 0:
+        return (torch.full((num_anchors,), -1, dtype=torch.int64, device=anchors.device),
+                torch.zeros(num_anchors, dtype=pred_boxes.dtype, device=anchors.device))
+    p = box_iou(pred_boxes, gt_boxes, offset=offset)  # 1. (A, G)
+    q = box_iou(anchors, gt_boxes, offset=offset)  # (A, G)
+    s = p + q
+    anchor_ctr = box_centers(anchors)
+    cand = atss_candidates(anchor_ctr, box_centers(gt_boxes), num_anchors_per_level, topk * num_anchors_per_location)  # 2. (K, G)
+    cp, cq = p.gather(0, cand), q.gather(0, cand)  # (K, G)
+    thresh = cp.mean(0) + cq.mean(0) + cp.std(0) + cq.std(0)  # 3. (G,)
+    is_pos = s.gather(0, cand) >= thresh[None]  # (K, G)
+    gt_idx = torch.arange(num_gts, device=anchors.device).expand_as(cand)
+    is_pos &= pair_inside(anchor_ctr[cand.reshape(-1)], gt_boxes[gt_idx.reshape(-1)]).view_as(is_pos)  # 4.
+    masked = torch.full_like(s, -1e8)  # 5. (A, G)
+    sel = (cand * num_gts + gt_idx)[is_pos]
+    masked.view(-1)[sel] = s.view(-1)[sel]
+    best, best_gt = masked.max(dim=1)
+    matched = torch.where(best > -1e8, best_gt, torch.full_like(best_gt, -1))
+    iou_target = p.gather(1, matched.clamp(min=0)[:, None]).squeeze(1)  # (A,)
+    return matched, iou_target

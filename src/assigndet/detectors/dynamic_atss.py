@@ -1,0 +1,54 @@
+"""Dynamic ATSS (arXiv 2201.09396): ATSS whose assignment uses predicted + anchor IoUs and whose
+third branch is trained as an IoU predictor (SPEC §4)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..assign import dynamic_atss_assign
+from ..losses import bce_sum, reduce_mean, weighted_giou_sum
+from .atss import ATSS, gather_targets
+from .base import zero_loss
+
+
+def quality_focal_loss_sum(logits: Tensor, labels: Tensor, quality: Tensor, *, gamma: float = 2.0) -> Tensor:
+    """The quality-focal-loss variant of Dynamic ATSS, summed (SPEC §4.2).
+
+    logits (N, C); labels (N,) with C = background; quality (N,) the IoU target q* of positives.
+    Positive class of a positive: |q* - p|^gamma * BCE(p, q*); every other pair: p^gamma * BCE(p, 0).
+    No alpha; computed from logits for stability.
+    """
+    num_classes = logits.shape[1]
+    onehot = F.one_hot(labels, num_classes + 1)[:, :num_classes].to(logits.dtype)  # (N, C)
+    target = onehot * quality[:, None].to(logits.dtype)  # (N, C)
+    p = logits.sigmoid()
+    weight = (target - p).abs().pow(gamma)
+    return (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight).sum()
+
+
+class DynamicATSS(ATSS):
+    """Dynamic ATSS: the ``quality`` branch (``centerness`` in the original's state dict) predicts IoU."""
+
+    def compute_losses(self, logits, deltas, quality, anchors, num_per_level, targets) -> dict[str, Tensor]:
+        c = self.cfg
+        B, A, C = logits.shape
+        pred_all = self.coder.decode(deltas.detach().reshape(-1, 4), anchors.repeat(B, 1)).view(B, A, 4)  # (B, A, 4)
+        a = self.anchor_generator.num_anchors_per_location if c.anchor_style == "mrcnn" else 1
+        matched, ious = zip(*[
+            dynamic_atss_assign(anchors, num_per_level, t["boxes"], pred_all[i], topk=c.topk, offset=self.offset,
+                                num_anchors_per_location=a)
+            for i, t in enumerate(targets)])
+        matched, ious = torch.stack(matched), torch.stack(ious)  # (B, A), (B, A)
+        labels, gt_boxes = gather_targets(matched, targets, C)
+        pos = matched >= 0
+        n_pos = reduce_mean(pos.sum().to(logits.dtype)).clamp(min=1.0)
+        q_star = torch.where(pos, ious, torch.zeros_like(ious))  # (B, A)
+        loss_cls = quality_focal_loss_sum(logits.reshape(B * A, C), labels.reshape(-1), q_star.reshape(-1),
+                                          gamma=c.focal_gamma) / n_pos
+        qp = ious[pos]  # (P,)
+        pred_boxes = self.coder.decode(deltas[pos], anchors.expand(B, A, 4)[pos])
+        sum_q = reduce_mean(qp.sum()).clamp(min=1e-6)
+        loss_reg = weighted_giou_sum(pred_boxes, gt_boxes[pos], qp) / sum_q * c.reg_loss_weight
+        loss_iou = bce_sum(quality[pos], qp) / n_pos * c.quality_loss_weight
+        return {"loss_cls": loss_cls, "loss_reg": loss_reg + zero_loss(deltas, quality), "loss_iou": loss_iou}
