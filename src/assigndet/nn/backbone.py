@@ -23,7 +23,12 @@ _BLOCKS = {18: (BasicBlock, [2, 2, 2, 2]), 34: (BasicBlock, [3, 4, 6, 3]), 50: (
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(32, channels), channels)
+    """GroupNorm(32, C) as the original; narrower layers keep at least 2 channels per group so that
+    a 1x1 map (P7 of a small image) still normalises over more than one value."""
+    groups = math.gcd(32, channels)
+    while groups > 1 and channels // groups < 2:
+        groups //= 2
+    return nn.GroupNorm(groups, channels)
 
 
 def norm_layer_factory(norm: str, *, frozen_bn_eps: float = 0.0):
