@@ -38,6 +38,7 @@ def test_r50_preset_matches_original_size():
 LOSS_KEYS = {
     "atss": {"loss_cls", "loss_reg", "loss_centerness"},
     "dynamic_atss": {"loss_cls", "loss_reg", "loss_iou"},
+    "paa": {"loss_cls", "loss_reg", "loss_iou"},
 }
 
 

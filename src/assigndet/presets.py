@@ -55,3 +55,33 @@ def dynamic_atss_R_18_shapes() -> Config:
     cfg = atss_R_18_shapes()
     cfg.model.arch = "dynamic_atss"
     return cfg
+
+
+def _paa(cfg: Config) -> Config:
+    m = cfg.model
+    m.arch = "paa"
+    m.reg_loss_weight = 1.3
+    m.quality_loss_weight = 0.5
+    m.paa_iou_threshold = 0.1
+    m.score_voting = True
+    return cfg
+
+
+@register("paa_R_50_FPN_1x", published_ap=40.4)
+def paa_R_50_FPN_1x() -> Config:
+    """kkhoot/PAA configs/paa/paa_R_50_FPN_1x.yaml (SPEC §3.5)."""
+    return _paa(atss_R_50_FPN_1x())
+
+
+@register("paa_R_50_FPN_1.5x", published_ap=41.1)
+def paa_R_50_FPN_1_5x() -> Config:
+    """kkhoot/PAA configs/paa/paa_R_50_FPN_1.5x.yaml: 135k iterations, steps 90k/120k."""
+    cfg = paa_R_50_FPN_1x()
+    cfg.solver.max_iter = 135000
+    cfg.solver.steps = [90000, 120000]
+    return cfg
+
+
+@register("paa_R_18_shapes")
+def paa_R_18_shapes() -> Config:
+    return _paa(atss_R_18_shapes())

@@ -45,10 +45,10 @@ def max_iou_match(
     if G == 0:
         return torch.full((A,), BELOW_LOW_THRESHOLD, dtype=torch.int64, device=iou.device)
     best_iou, best_gt = iou.max(dim=0)  # (A,), (A,)
-    matches = best_gt.clone()
-    matches[best_iou < low] = BELOW_LOW_THRESHOLD
+    matches = torch.where(best_iou < low, BELOW_LOW_THRESHOLD, best_gt)  # (A,)
     if high > low:
-        matches[(best_iou >= low) & (best_iou < high)] = BETWEEN_THRESHOLDS
+        between = (best_iou >= low) & (best_iou < high)  # (A,)
+        matches = torch.where(between, BETWEEN_THRESHOLDS, matches)
     if allow_low_quality and A > 0:
         gt_best = iou.max(dim=1).values  # (G,)
         rescued = (iou == gt_best[:, None]).any(dim=0)  # (A,)

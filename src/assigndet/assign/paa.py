@@ -5,17 +5,21 @@ Read top to bottom:
 * :func:`gmm_fit` — a batched two-component 1-D Gaussian mixture (EM) fitted to many score
   vectors at once, replicating scikit-learn's ``GaussianMixture`` as PAA configures it.
 * :func:`paa_partition` — steps C–D of SPEC §3.2: per GT the ≤ ``topk`` lowest-score candidates per
-  level, a GMM on their sorted scores, and the cut that makes the prefix positive.
-* :func:`paa_anchor_scores` — step B: focal loss summed over classes + (1 − GIoU) per anchor.
+  level, a GMM on their sorted scores, and the cut that makes the prefix positive;
+  :func:`paa_partition_details` also returns the intermediates, :func:`paa_partition_batch`
+  serves several images with one GMM call.
+* :func:`paa_first_stage_match` — step A; :func:`paa_anchor_scores` — step B: focal loss summed
+  over classes + (1 − GIoU) per anchor, for one image or a batch.
 * :func:`paa_assign` — steps A–D for one image; :func:`paa_assign_batch` for a batch, with one
   score computation and one GMM call for all images.
 
 Everything is vectorised over GTs, levels and images (no Python loop over GTs or anchors), runs
-on any device, and costs at most one host synchronisation per EM iteration plus a few for the
-dynamic candidate counts.
+on any device, and costs one host synchronisation per EM iteration plus a few for the dynamic
+candidate counts.
 
 Shape letters: B images, A anchors (all levels), L levels, G ground truths, C classes,
-K candidates per GT (padded to L·topk), N flattened anchors of a batch.
+K candidates per GT (padded to the largest count, ≤ L·topk), N flattened anchors of a batch,
+M GTs of a batch (concatenated).
 """
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ __all__ = [
     "gmm_fit",
     "paa_partition",
     "paa_partition_details",
-    "paa_partition_flat",
+    "paa_partition_batch",
     "paa_anchor_scores",
     "paa_first_stage_match",
     "paa_assign",
@@ -66,7 +70,7 @@ class GMMFit(NamedTuple):
     n_iter: Tensor  # (G,) int64, EM iterations run (sklearn's ``n_iter_``)
     converged: Tensor  # (G,) bool
     components: Tensor  # (G, K) int64, ``predict`` (0 on ties, as argmax); 0 at padded slots
-    log_density: Tensor  # (G, K) float64, ``score_samples`` (mixture log-density); 0 at padded slots
+    log_density: Tensor  # (G, K) float64 ``score_samples`` (mixture log-density); 0 at pads
 
 
 @torch.no_grad()
@@ -86,7 +90,7 @@ def gmm_fit(
     (SPEC §3.2 D), for all rows at once. The arithmetic runs in float64 whatever the input dtype
     (SPEC §8 trap 22): a float32 EM loses borderline cuts.
 
-    Algorithm, per row (rows are independent; a converged row freezes while the others go on):
+    Algorithm, per row (rows are independent):
 
     1. Init: weights (.5, .5), means (min, max) of the valid samples, variances (1, 1).
     2. E-step: a_nk = log w_k + log N(x_n; mu_k, var_k); lse_n = logsumexp_k a_nk;
@@ -95,16 +99,24 @@ def gmm_fit(
     3. M-step: n_k = Σ_n r_nk + 10·eps; w_k = n_k / Σ n_k; mu_k = Σ r x / n_k;
        var_k = Σ r (x − mu_k)² / n_k + reg_covar (two-pass, as sklearn).
     4. Stop the row when |lower bound − previous| < tol (the first iteration compares with −inf),
-       or after ``max_iter`` iterations; the parameters of that M-step are final.
+       or after ``max_iter`` iterations; the parameters of that M-step are final. The batch
+       iterates until every row has stopped; a row that stopped earlier keeps the parameters of
+       its own stopping iteration (read back from the per-iteration history).
     5. ``components`` and ``log_density`` come from one more E-step with the final parameters.
 
     Rows with fewer than two valid samples (which sklearn refuses) are not fitted: ``n_iter`` 0,
     ``converged`` False, initial parameters; their outputs are finite. At most one host
     synchronisation per EM iteration.
 
+    Per iteration: 3 batched matmuls, 2 fused multiply-adds, log-softmax, exp and a handful of
+    (G, 2) operations; lse and the responsibilities share one log-softmax, padded slots are
+    neutralised by zeros folded into the matmul operands instead of a masking pass.
+
     Args:
-        x: (G, K) scores, any float dtype; values at padded slots are ignored (may be inf).
+        x: (G, K) scores, any float dtype; values at padded slots are ignored (may be inf/NaN).
         mask: (G, K) bool, True where a sample is valid.
+    Returns:
+        :class:`GMMFit`.
     """
     G, K = x.shape
     device = x.device
@@ -124,7 +136,6 @@ def gmm_fit(
     # a bmm with m/n gives masked means, and diff = m·(x − mu) is 0 at pads.
     xm1 = torch.stack((xv, m), dim=2)  # (G, K, 2)
     mean_w = (m / n[:, None])[:, :, None]  # (G, K, 1)
-    log_n = torch.log(n + 20 * torch.finfo(dt).eps)[:, None, None]  # (G, 1, 1) log Σ_k n_k
     reg = torch.full((G, 2, 1), reg_covar, dtype=dt, device=device)
     eps10 = 10.0 * torch.finfo(dt).eps
 
@@ -134,19 +145,20 @@ def gmm_fit(
     nk0 = (0.5 * n)[:, None, None].expand(G, 2, 1)  # (G, 2, 1), i.e. weights (.5, .5)
     diff = torch.addcmul(x3, mu0, m3, value=-1.0)  # (G, 2, K) = m·(x − mu)
     d2 = diff * diff  # (G, 2, K)
-    # a_k = log w_k − ½ log var_k − ½ d²/var_k; the constant −½ log 2π is added after the loop
-    # (it changes no responsibility and no lower-bound difference).
-    alpha = torch.full((G, 2, 1), math.log(0.5), dtype=dt, device=device)  # log w − ½ log var
-    half_prec = torch.full((G, 2, 1), -0.5, dtype=dt, device=device)  # −½ / var
+    # Inside the loop a_k = log n_k − ½ log var_k − ½ d²/var_k: the true weighted log-density
+    # plus log Σ_k n_k + ½ log 2π, a per-row constant that changes no responsibility and no
+    # lower-bound difference (Σ_k n_k = n + 20·eps at every iteration; n_k = n/2 at the init).
+    alpha = torch.log(nk0).contiguous()  # (G, 2, 1) log n_k − ½ log var_k
+    var = var0
 
     hist_lb, hist_mu, hist_var, hist_nk = [], [], [], []
     done = ~fitted  # (G,) rows that have converged at least once (or are not fitted)
     prev_lb = torch.full((G,), -torch.inf, dtype=dt, device=device)
     for _ in range(max_iter if bool(fitted.any()) else 0):
         # 2. E-step with the current parameters
-        a = torch.addcmul(alpha, d2, half_prec)  # (G, 2, K)
+        a = torch.addcdiv(alpha, d2, var, value=-0.5)  # (G, 2, K)
         log_r = torch.log_softmax(a, dim=1)  # (G, 2, K)
-        r = log_r.exp()  # (G, 2, K) responsibilities (pads are cancelled by the zeros below)
+        r = log_r.exp()  # (G, 2, K) responsibilities (pads meet zeros in xm1, d2, mean_w)
         lse = a[:, 0] - log_r[:, 0]  # (G, K) logsumexp_k a_k
         lb = torch.bmm(lse[:, None, :], mean_w).view(G)  # (G,) mean log-likelihood (− const)
         # 3. M-step
@@ -157,8 +169,7 @@ def gmm_fit(
         d2 = diff * diff  # (G, 2, K)
         ssd = torch.bmm(r.view(G * 2, 1, K), d2.view(G * 2, K, 1)).view(G, 2, 1)  # Σ r d²
         var = torch.addcdiv(reg, ssd, nk)  # (G, 2, 1) two-pass variance + reg_covar
-        half_prec = -0.5 / var
-        alpha = torch.log(nk * var.rsqrt()) - log_n  # (G, 2, 1) log w − ½ log var
+        alpha = torch.log(nk * var.rsqrt())  # (G, 2, 1) log n_k − ½ log var_k
         hist_lb.append(lb)
         hist_mu.append(mu)
         hist_var.append(var)
@@ -184,7 +195,9 @@ def gmm_fit(
         var = torch.stack(hist_var).gather(0, pick)[0]
         nk = torch.stack(hist_nk).gather(0, pick)[0]
         keep = fitted[:, None, None]
-        mu, var, nk = torch.where(keep, mu, mu0), torch.where(keep, var, var0), torch.where(keep, nk, nk0)
+        mu = torch.where(keep, mu, mu0)
+        var = torch.where(keep, var, var0)
+        nk = torch.where(keep, nk, nk0)
         converged = conv_any
     else:
         n_iter = torch.zeros(G, dtype=torch.int64, device=device)
@@ -275,7 +288,8 @@ def _select_candidates(
     idx = torch.nonzero(matched >= 0).squeeze(1)  # (P,) ascending anchor index
     s = scores[idx]  # (P,)
     g = matched[idx]  # (P,)
-    group = g * L + _level_of(idx % A, num_anchors_per_level)  # (P,) (gt, level) id
+    local = idx % A if scores.numel() != A else idx  # (P,) index inside its image
+    group = g * L + _level_of(local, num_anchors_per_level)  # (P,) (gt, level) id
     # Cheap pre-filter (large inputs sort slowly): split each group into topk subsets by anchor
     # index; the max of the subset minima is ≥ the group's topk-th smallest score, so keeping
     # the scores ≤ it keeps every candidate (ties included) and drops most of the rest.
@@ -411,37 +425,40 @@ def paa_partition_details(
     )
 
 
+def _to_global(matched: Tensor, num_gts: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """Per-image GT indices (B, A) -> indices into the concatenated GTs, and the offsets (B, 1)."""
+    starts = [sum(num_gts[:b]) for b in range(len(num_gts))]
+    offsets = torch.tensor(starts, dtype=torch.int64, device=matched.device)[:, None]  # (B, 1)
+    return torch.where(matched >= 0, matched + offsets, matched), offsets
+
+
 @torch.no_grad()
-def paa_partition_flat(
+def paa_partition_batch(
     anchor_scores: Tensor,
     first_stage_matched: Tensor,
     num_anchors_per_level: Sequence[int],
-    num_gts: int,
+    num_gts: Sequence[int],
     *,
     topk: int = 9,
     variant: str = "original",
 ) -> Tensor:
-    """:func:`paa_partition` for a whole batch with one candidate selection and one GMM call.
+    """:func:`paa_partition` for B images with one candidate selection and one GMM call (the GT
+    indices are offset per image so that the GTs of all images form one batch of rows).
 
     Args:
-        anchor_scores: (B, A) or (B·A,) scores, images concatenated.
-        first_stage_matched: same shape, int64 GT indices made **global** over the batch (image b's
-            GT i is ``i + Σ_{b' < b} G_b'``), negative = not matched.
+        anchor_scores: (B, A) scores.
+        first_stage_matched: (B, A) int64 per-image step-A GT index, negative = not matched.
         num_anchors_per_level: the L anchor counts of one image (A = their sum).
-        num_gts: total number of GTs over the batch.
+        num_gts: the B per-image GT counts.
     Returns:
-        Global GT index or -1, same shape as ``anchor_scores``.
+        (B, A) int64 per-image GT index, -1 background.
     """
-    shape = anchor_scores.shape
+    matched, offsets = _to_global(first_stage_matched, num_gts)  # (B, A), (B, 1)
     out = _partition(
-        anchor_scores.reshape(-1),
-        first_stage_matched.reshape(-1),
-        num_anchors_per_level,
-        num_gts,
-        topk,
-        variant,
-    ).matched
-    return out.view(shape)
+        anchor_scores.reshape(-1), matched.reshape(-1), num_anchors_per_level, sum(num_gts),
+        topk, variant,
+    ).matched.view(matched.shape)  # (B, A) global
+    return torch.where(out >= 0, out - offsets, out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -496,7 +513,7 @@ def paa_anchor_scores(
             the concatenated GTs of all images), -1 unmatched (-2 ignore: no score terms).
         gt_boxes: (M, 4); gt_labels: (M,) 0-based classes.
     Returns:
-        (..., A) scores in the dtype of ``cls_logits``.
+        (..., A) scores in the dtype of ``cls_logits`` (float32 for half-precision logits).
     """
     shape = matched_gt.shape
     C = cls_logits.shape[-1]
@@ -537,12 +554,9 @@ def paa_first_stage_match(
     if len(gt_boxes) == 0:
         return torch.full((len(anchors),), -1, dtype=torch.int64, device=anchors.device)
     gt_boxes = gt_boxes.to(anchors.dtype)
-    iou = torch.cat(
-        [
-            box_iou(gt_boxes[i : i + _IOU_CHUNK], anchors, offset=offset)
-            for i in range(0, len(gt_boxes), _IOU_CHUNK)
-        ]
-    )  # (G, A)
+    iou = anchors.new_empty(len(gt_boxes), len(anchors))  # (G, A)
+    for i in range(0, len(gt_boxes), _IOU_CHUNK):  # blocks of GTs, not a loop per GT
+        iou[i : i + _IOU_CHUNK] = box_iou(gt_boxes[i : i + _IOU_CHUNK], anchors, offset=offset)
     return max_iou_match(iou, iou_threshold, iou_threshold, allow_low_quality=True)
 
 
@@ -570,6 +584,9 @@ def paa_assign(
     Args:
         anchors: (A, 4); num_anchors_per_level: L counts; gt_boxes (G, 4); gt_labels (G,) 0-based;
         cls_logits (A, C) raw; box_regression (A, 4) coder deltas.
+        offset: pixel convention of the step-A IoU and the coder (1 = original).
+        variant: the rule of steps C–D only (see :func:`paa_partition`); steps A–B stay the
+            original's (mmdetection's step A and 1.3 GIoU weight are not reproduced).
     Returns:
         (A,) int64 GT index of each positive anchor, -1 background.
     """
@@ -607,22 +624,21 @@ def paa_assign_batch(
     B, A = cls_logits.shape[:2]
     device = cls_logits.device
     num_gts = [len(g) for g in gt_boxes]
-    starts = [sum(num_gts[:b]) for b in range(B)]
     anchors_b = anchors.expand(B, A, 4)  # (B, A, 4)
-    matched = torch.stack(
-        [
-            paa_first_stage_match(anchors_b[b], gt_boxes[b], iou_threshold=iou_threshold, offset=offset)
-            for b in range(B)
-        ]
-    ) if B else torch.zeros(0, A, dtype=torch.int64, device=device)  # (B, A) per-image indices
-    offsets = torch.tensor(starts, device=device)[:, None]  # (B, 1)
-    matched_global = torch.where(matched >= 0, matched + offsets, matched)  # (B, A)
+    # A. per image
+    matched = torch.zeros(B, A, dtype=torch.int64, device=device)  # (B, A) per-image indices
+    for b in range(B):
+        matched[b] = paa_first_stage_match(
+            anchors_b[b], gt_boxes[b], iou_threshold=iou_threshold, offset=offset
+        )
+    # B. the whole batch at once, GT indices into the concatenated GTs
+    matched_global, _ = _to_global(matched, num_gts)  # (B, A)
     all_boxes = torch.cat(list(gt_boxes)) if B else anchors.new_zeros(0, 4)  # (M, 4)
     all_labels = torch.cat(list(gt_labels)).long() if B else matched.new_zeros(0)  # (M,)
     scores = paa_anchor_scores(
         anchors_b, cls_logits, box_regression, matched_global, all_boxes, all_labels, offset=offset
     )  # (B, A)
-    assigned = paa_partition_flat(
-        scores, matched_global, num_anchors_per_level, sum(num_gts), topk=topk, variant=variant
-    )  # (B, A) global
-    return torch.where(assigned >= 0, assigned - offsets, assigned)
+    # C–D. one candidate selection and one GMM call for the batch
+    return paa_partition_batch(
+        scores, matched, num_anchors_per_level, num_gts, topk=topk, variant=variant
+    )

@@ -7,8 +7,9 @@ from ..config import ModelConfig
 from .atss import ATSS
 from .base import DenseDetector, TargetError
 from .dynamic_atss import DynamicATSS
+from .paa import PAA
 
-ARCHS: dict[str, type[nn.Module]] = {"atss": ATSS, "dynamic_atss": DynamicATSS}
+ARCHS: dict[str, type[nn.Module]] = {"atss": ATSS, "dynamic_atss": DynamicATSS, "paa": PAA}
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
@@ -18,4 +19,4 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     return ARCHS[cfg.arch](cfg)
 
 
-__all__ = ["ATSS", "DynamicATSS", "DenseDetector", "TargetError", "ARCHS", "build_model"]
+__all__ = ["ATSS", "DynamicATSS", "PAA", "DenseDetector", "TargetError", "ARCHS", "build_model"]
