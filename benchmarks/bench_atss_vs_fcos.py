@@ -10,7 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # noisy shared machines: no busy-waiting workers
+
+import torch  # noqa: E402
 from torchvision.models import resnet50
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.detection.fcos import FCOS
