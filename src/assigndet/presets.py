@@ -30,7 +30,7 @@ def _shapes_model(arch: str) -> ModelConfig:
 
 
 def _shapes_solver() -> SolverConfig:
-    return SolverConfig(ims_per_batch=8, base_lr=0.02, reference_batch=8, max_iter=1200, steps=[900, 1100],
+    return SolverConfig(ims_per_batch=8, base_lr=0.02, reference_batch=8, max_iter=1000, steps=[750, 900],
                         warmup_iters=100, warmup_factor=0.1, warmup_method="linear", weight_decay=1e-4,
                         checkpoint_period=500, log_period=20, clip_grad_norm=10.0)
 
