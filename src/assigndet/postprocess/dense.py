@@ -54,17 +54,14 @@ def select_candidates(
     for n in num_anchors_per_level:
         p = probs[start : start + n]  # (n, C)
         ql = q[start : start + n]
-        cand = p > score_thresh  # (n, C)
-        rank = p * ql[:, None]  # (n, C)
+        flat = torch.nonzero((p > score_thresh).flatten()).squeeze(1)  # candidate (anchor, class) pairs
+        rank = p.flatten()[flat] * ql[flat // num_classes]  # (K,)
         if sqrt_rank:
             rank = rank.sqrt()
-        rank = torch.where(cand, rank, torch.full_like(rank, -1.0)).flatten()  # (n C,)
-        k = min(pre_nms_top_n, rank.numel())
-        top, idx = rank.topk(k)  # sorted
-        ok = top >= 0  # only real candidates (at most #candidates of them)
-        idx = idx[ok]
-        a = idx // num_classes + start
-        c = idx % num_classes
+        if flat.numel() > pre_nms_top_n:
+            flat = flat[rank.topk(pre_nms_top_n, sorted=False).indices]
+        a = flat // num_classes + start
+        c = flat % num_classes
         pq = probs[a, c] * q[a]
         boxes_out.append(coder.decode(deltas[a], anchors[a]))
         scores_out.append(pq.sqrt())
