@@ -107,3 +107,20 @@ def test_overfit_one_batch(arch):
         loss.backward()
         opt.step()
     assert loss.item() < 0.6 * first
+
+
+def test_backbone_weights_from_local_file(tmp_path):
+    from safetensors.torch import save_file
+
+    from assigndet.nn import ResNetBody
+
+    src = ResNetBody(depth=18, base_width=8, norm="gn", freeze_at=0)
+    state = {k: v.contiguous() for k, v in src.state_dict().items()}
+    state["fc.weight"] = torch.zeros(10, 64)  # a classifier in the file is ignored
+    path = tmp_path / "r18.safetensors"
+    save_file(state, str(path))
+    m = tiny(overrides=[f"model.backbone.weights={path}"])
+    for k, v in src.state_dict().items():
+        assert torch.equal(m.body.state_dict()[k], v), k
+    with pytest.raises(ValueError, match="neither a file nor one of"):
+        tiny(overrides=["model.backbone.weights=NO_SUCH_WEIGHTS"])
