@@ -22,6 +22,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 import assigndet
+import common
 from common import interleaved_medians
 
 
@@ -67,12 +68,17 @@ def main() -> None:
         opts[name].step()
 
     inf = interleaved_medians({"atss": lambda: infer(atss), "fcos": lambda: infer(fcos)}, repeats=args.repeats)
+    inf_cpu = dict(common.LAST_CPU_MEDIANS)
     trn = interleaved_medians({"atss": lambda: step("atss", atss, t_atss), "fcos": lambda: step("fcos", fcos, t_fcos)},
                               repeats=args.repeats)
+    trn_cpu = dict(common.LAST_CPU_MEDIANS)
     res = {"threads": args.threads, "image": [args.height, args.width], "repeats": args.repeats,
            "inference_s": inf, "train_step_s": trn,
            "inference_ratio_atss_over_fcos": inf["atss"] / inf["fcos"],
-           "train_step_ratio_atss_over_fcos": trn["atss"] / trn["fcos"]}
+           "train_step_ratio_atss_over_fcos": trn["atss"] / trn["fcos"],
+           "cpu_inference_s": inf_cpu, "cpu_train_step_s": trn_cpu,
+           "cpu_inference_ratio_atss_over_fcos": inf_cpu["atss"] / inf_cpu["fcos"],
+           "cpu_train_step_ratio_atss_over_fcos": trn_cpu["atss"] / trn_cpu["fcos"]}
     print(json.dumps(res, indent=1))
 
 

@@ -20,6 +20,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # noisy shared machines: no
 import torch  # noqa: E402
 
 import assigndet  # noqa: E402
+import common  # noqa: E402
 from common import interleaved_medians  # noqa: E402
 
 
@@ -52,6 +53,7 @@ def main() -> None:
         opts[name].step()
 
     train = interleaved_medians({k: (lambda k=k: step(k)) for k in models}, repeats=args.repeats)
+    train_cpu = dict(common.LAST_CPU_MEDIANS)
 
     paa = models["paa"].eval()
     paa.cfg.score_thresh = 0.0
@@ -64,12 +66,17 @@ def main() -> None:
         return out
 
     inf = interleaved_medians({"paa_voting": lambda: infer(True), "paa_no_voting": lambda: infer(False)}, repeats=args.repeats)
+    inf_cpu = dict(common.LAST_CPU_MEDIANS)
     res = {
         "threads": args.threads, "image": [args.height, args.width], "gts": args.gts, "repeats": args.repeats,
         "train_step_s": train, "inference_s": inf,
         "train_ratio_paa_over_atss": train["paa"] / train["atss"],
         "train_ratio_dynamic_atss_over_atss": train["dynamic_atss"] / train["atss"],
         "inference_ratio_voting_over_no_voting": inf["paa_voting"] / inf["paa_no_voting"],
+        "cpu_train_step_s": train_cpu, "cpu_inference_s": inf_cpu,
+        "cpu_train_ratio_paa_over_atss": train_cpu["paa"] / train_cpu["atss"],
+        "cpu_train_ratio_dynamic_atss_over_atss": train_cpu["dynamic_atss"] / train_cpu["atss"],
+        "cpu_inference_ratio_voting_over_no_voting": inf_cpu["paa_voting"] / inf_cpu["paa_no_voting"],
     }
     print(json.dumps(res, indent=1))
 
