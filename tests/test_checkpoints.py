@@ -80,12 +80,13 @@ def test_pth_default_and_hook(tmp_path):
     load_weights(n, p)
     assert torch.equal(n.weight, m.weight)
     calls = []
+    previous = ck._PTH_LOADER
     ck.register_pth_loader(lambda path, model: calls.append(path) or {"weight": torch.ones(3, 2),
                                                                        "bias": torch.zeros(3)})
     try:
         load_weights(n, p)
     finally:
-        ck.register_pth_loader(None)
+        ck.register_pth_loader(previous)
     assert calls and torch.equal(n.weight, torch.ones(3, 2))
 
 
