@@ -9,8 +9,10 @@ from typing import Sequence
 def build_detector(name: str, *, weights: str | None = None, overrides: Sequence[str] = ()):
     """Build the detector of preset ``name`` (``assigndet presets`` lists them).
 
-    ``weights``: a ``.safetensors`` file written by assigndet (or a released checkpoint, where
-    supported); random initialisation when None. ``overrides``: ``key=value`` strings applied to
+    ``weights``: a ``.safetensors`` file written by assigndet, or a released ``.pth`` of the
+    original repositories / mmdetection (SPEC §7; :mod:`assigndet.released`); random
+    initialisation when None. With the override ``model.reinit_classifier=true`` a checkpoint of
+    another class count loads with a fresh classifier (fine-tuning). ``overrides``: ``key=value`` strings applied to
     the preset's config, e.g. ``["model.num_classes=3"]``. Returns an ``nn.Module`` with
     torchvision's detection contract (labels are 0-based contiguous class indices).
     """
@@ -20,9 +22,9 @@ def build_detector(name: str, *, weights: str | None = None, overrides: Sequence
     cfg = load_config(name, list(overrides))
     model = build_model(cfg.model)
     if weights is not None:
-        from .checkpoints import load_weights
+        from .released import load_detector_weights
 
-        load_weights(model, weights)
+        load_detector_weights(model, weights)  # also released .pth files; model.reinit_classifier
     return model
 
 

@@ -7,6 +7,7 @@
     assigndet predict --weights W [--preset P] IMAGES_OR_DIR ... --out DIR [--score-thresh 0.3]
     assigndet data shapes --out DIR --train N --val M --seed S
     assigndet presets
+    assigndet convert IN.pth OUT.safetensors --preset NAME [key=value ...]
     assigndet demo [--out runs/demo] [--data data/shapes]
 
 ``train`` and ``eval`` also run under ``torchrun`` (one process per device).
@@ -66,15 +67,15 @@ def _say(*args: Any, **kw: Any) -> None:
 
 # ======================================================================================= helpers
 def _load_model(cfg, weights: Optional[str]):
-    from .checkpoints import load_weights
     from .engine import default_build_model
+    from .released import load_detector_weights
     from .utils import resolve_device
 
     device = resolve_device(cfg.device)
     model = default_build_model(cfg.model)
     report = None
     if weights is not None:
-        report = load_weights(model, weights)
+        report = load_detector_weights(model, weights)  # this library's files and released .pth
     return model.to(device).eval(), report
 
 
@@ -193,12 +194,38 @@ def plot_loss_curve(metrics_file: Path, png: Path) -> Optional[Path]:
 def cmd_presets(args) -> int:
     from . import presets  # noqa: F401  (registers)
     from .config import PRESETS, PUBLISHED_AP
+    from .zoo import PUBLISHED_NOTES
 
     width = max((len(n) for n in PRESETS), default=10)
     print(f"{'preset':<{width}}  published AP")
     for name in sorted(PRESETS):
         ap = PUBLISHED_AP.get(name)
-        print(f"{name:<{width}}  {ap:.1f}" if ap is not None else f"{name:<{width}}  -")
+        note = PUBLISHED_NOTES.get(name, "") if ap is not None else ""
+        line = f"{name:<{width}}  {ap:.1f}" if ap is not None else f"{name:<{width}}  -"
+        print(f"{line}  ({note})" if note else line)
+    return 0
+
+
+def cmd_convert(args) -> int:
+    """A released ``.pth`` (or any loadable weights) -> this library's ``.safetensors``."""
+    from .checkpoints import save_weights
+    from .config import config_to_yaml, load_config
+    from .detectors import build_model
+    from .released import detect_layout, load_detector_weights, read_checkpoint
+
+    src, dst = Path(args.input), Path(args.output)
+    if not src.is_file():
+        raise InputError(f"weights file not found: {src}")
+    if dst.suffix != ".safetensors":
+        raise InputError(f"the output must be a .safetensors file, got {dst}")
+    cfg = load_config(args.preset, args.overrides)
+    model = build_model(cfg.model)
+    layout = detect_layout(read_checkpoint(src)) if src.suffix != ".safetensors" else "assigndet"
+    load_detector_weights(model, src)  # every check: layout, anchors, missing/unexpected/mis-shaped keys
+    save_weights(model, dst, metadata={"preset": args.preset, "source": src.name, "source_layout": layout,
+                                       "config": config_to_yaml(cfg)})
+    n = len(model.state_dict())
+    print(f"converted {src} ({layout} layout) for preset {args.preset}: {n} tensors -> {dst}")
     return 0
 
 
@@ -385,6 +412,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("presets", help="list presets with their published AP")
     p.set_defaults(func=cmd_presets, overrides=[])
+
+    p = sub.add_parser("convert", help="convert a released .pth checkpoint to .safetensors for a preset")
+    p.add_argument("input", metavar="IN.pth")
+    p.add_argument("output", metavar="OUT.safetensors")
+    p.add_argument("--preset", required=True, help="the preset whose model the checkpoint belongs to")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("demo", help=f"generate shapes, train {DEMO_PRESET}, evaluate, draw")
     p.add_argument("--out", default="runs/demo")

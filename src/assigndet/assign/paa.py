@@ -329,8 +329,8 @@ def _partition(
     topk: int,
     variant: str,
 ) -> PAAPartition:
-    if variant not in ("original", "mmdet"):
-        raise ValueError(f"variant must be 'original' or 'mmdet', got {variant!r}")
+    if variant not in ("original", "mmdet", "minimal"):
+        raise ValueError(f"variant must be 'original', 'mmdet' or 'minimal', got {variant!r}")
     N = scores.numel()
     device = scores.device
     # C. candidates
@@ -347,7 +347,13 @@ def _partition(
     fg_density = torch.where(fg, fit.log_density, -torch.inf)  # (G, K)
     best = fg & (fg_density == fg_density.amax(dim=1, keepdim=True))  # (G, K)
     j = torch.where(best, pos_k, K).amin(dim=1)  # (G,) first position of the max fg density
-    if variant == "original":
+    if variant == "minimal":
+        # PAA_minimal's cut bug (SPEC §3.7): the index of the max *within the fg subset* is used
+        # as the cut position in the full sorted list; otherwise as the original
+        j_sub = torch.where(best, fg.cumsum(dim=1) - 1, K).amin(dim=1)  # (G,)
+        cut = torch.where(has_fg & (count >= 2), j_sub, count - 1)
+        is_pos = pos_k <= cut[:, None]
+    elif variant == "original":
         # 1 candidate → positive; no fg → all positive; else prefix 0..j
         cut = torch.where(has_fg & (count >= 2), j, count - 1)  # (G,)
         is_pos = pos_k <= cut[:, None]  # (G, K)
@@ -393,7 +399,8 @@ def paa_partition(
        component-0 samples. ``"original"``: positions 0..j are positive (component-1 samples
        before j included); no component-0 sample → all candidates positive. ``"mmdet"``
        (mmdetection's ``paa_reassign``): only the component-0 samples at positions 0..j; no
-       component-0 sample → nothing.
+       component-0 sample → nothing. ``"minimal"`` (PAA_minimal): as ``"original"`` but the cut
+       is the index of that sample *within the component-0 subset*, applied to the full list.
     4. Everything else is background.
 
     Args:

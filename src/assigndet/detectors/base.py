@@ -11,7 +11,7 @@ from ..anchors import AnchorGenerator
 from ..boxes import BoxCoder
 from ..config import ModelConfig
 from ..nn import DenseHead, ImageTransform, ResNetBody, RetinaFPN, load_backbone_weights
-from ..postprocess import dense_postprocess
+from ..postprocess import dense_postprocess, mmdet_postprocess
 
 
 class TargetError(ValueError):
@@ -49,7 +49,8 @@ class DenseDetector(nn.Module):
         self.cfg = cfg
         b = cfg.backbone
         body = ResNetBody(depth=b.depth, groups=b.groups, width_per_group=b.width_per_group, base_width=b.base_width,
-                          style=b.style, norm=b.norm, frozen_bn_eps=b.frozen_bn_eps, freeze_at=0)
+                          style=b.style, norm=b.norm, frozen_bn_eps=b.frozen_bn_eps, freeze_at=0,
+                          stage_with_dcn=list(b.stage_with_dcn))
         if b.weights:
             load_backbone_weights(body, b.weights, depth=b.depth, groups=b.groups, width_per_group=b.width_per_group)
         body.freeze(b.freeze_at)
@@ -61,16 +62,20 @@ class DenseDetector(nn.Module):
         self.head = DenseHead(in_channels=cfg.fpn_channels, num_classes=cfg.num_classes,
                               num_anchors=self.anchor_generator.num_anchors_per_location, num_convs=cfg.head_convs,
                               num_levels=len(cfg.anchor_strides), prior_prob=cfg.prior_prob,
-                              conv_bias=cfg.head_conv_bias, norm=cfg.head_norm)
+                              conv_bias=cfg.head_conv_bias, norm=cfg.head_norm, dcn_last=cfg.head_dcn)
         i = cfg.input
         self.transform = ImageTransform(min_size_train=i.min_size_train, max_size_train=i.max_size_train,
                                         min_size_test=i.min_size_test, max_size_test=i.max_size_test,
                                         size_divisible=i.size_divisible, to_bgr255=i.to_bgr255,
-                                        pixel_mean=i.pixel_mean, pixel_std=i.pixel_std)
-        self.coder = BoxCoder(offset=cfg.offset)
+                                        pixel_mean=i.pixel_mean, pixel_std=i.pixel_std, resize_rule=i.resize_rule)
+        self.coder = BoxCoder(offset=cfg.offset, symmetric_clamp=cfg.coder_symmetric_clamp)
         self.offset = cfg.offset
         if len(cfg.anchor_strides) != 5:
             raise ValueError("the dense detectors use five pyramid levels P3-P7 (anchor_strides of length 5)")
+        if cfg.postprocess not in ("original", "mmdet"):
+            raise ValueError(f"unknown model.postprocess {cfg.postprocess!r} (expected 'original' or 'mmdet')")
+        if cfg.loss_normalizer not in ("global", "local"):
+            raise ValueError(f"unknown model.loss_normalizer {cfg.loss_normalizer!r} (expected 'global' or 'local')")
 
     # -- pieces ---------------------------------------------------------------------------------
     def features(self, batch: Tensor) -> list[Tensor]:
@@ -84,6 +89,10 @@ class DenseDetector(nn.Module):
             raise ValueError("in training mode the model needs targets")
         if targets is not None:
             check_targets(targets, len(images), self.cfg.num_classes)
+        if not self.training and self.cfg.tta.enabled:
+            from ..tta import tta_forward
+
+            return tta_forward(self, images)
         orig_sizes = [tuple(img.shape[-2:]) for img in images]
         batch, sizes, targets = self.transform(images, targets)
         feats = self.features(batch)
@@ -101,6 +110,13 @@ class DenseDetector(nn.Module):
         c = self.cfg
         results = []
         for i, (size, orig) in enumerate(zip(sizes, orig_sizes)):
+            if c.postprocess == "mmdet":  # boxes come back in the original image's pixels
+                results.append(mmdet_postprocess(
+                    logits[i], deltas[i], quality[i], anchors, num_per_level, size, orig, self.coder,
+                    method="paa" if self.sqrt_rank else "atss", score_thresh=c.score_thresh,
+                    pre_nms_top_n=c.pre_nms_top_n, nms_thresh=c.nms_thresh, detections_per_img=c.detections_per_img,
+                    score_voting=c.score_voting, score_voting_sigma=c.score_voting_sigma))
+                continue
             det = dense_postprocess(
                 logits[i], deltas[i], quality[i], anchors, num_per_level, size, self.coder,
                 score_thresh=c.score_thresh, pre_nms_top_n=c.pre_nms_top_n, nms_thresh=c.nms_thresh,
@@ -111,6 +127,11 @@ class DenseDetector(nn.Module):
                 det["boxes"] = det["boxes"] * det["boxes"].new_tensor([rw, rh, rw, rh])
             results.append(det)
         return results
+
+
+from ..released import install_pth_loader as _install_pth_loader  # noqa: E402
+
+_install_pth_loader()  # released .pth checkpoints load through checkpoints.load_weights
 
 
 def zero_loss(*tensors: Tensor) -> Tensor:

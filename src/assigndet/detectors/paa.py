@@ -32,14 +32,16 @@ class PAA(DenseDetector):
         matched = self.assign(anchors, num_per_level, targets, logits, deltas)  # (B, A)
         labels, gt_boxes = gather_targets(matched, targets, C)
         pos = matched >= 0
-        n_pos = reduce_mean(pos.sum().to(logits.dtype)).clamp(min=1.0)
+        # "local": per-process normalisers (PAA_minimal, SPEC §3.7); "global": averaged over processes
+        mean = reduce_mean if c.loss_normalizer == "global" else (lambda x: x)
+        n_pos = mean(pos.sum().to(logits.dtype)).clamp(min=1.0)
         loss_cls = focal_loss_sum(logits.reshape(B * A, C), labels.reshape(-1), alpha=c.focal_alpha,
                                   gamma=c.focal_gamma) / n_pos
         anchors_pos = anchors.expand(B, A, 4)[pos]  # (P, 4)
         pred_boxes = self.coder.decode(deltas[pos], anchors_pos)  # (P, 4)
         target_boxes = self.coder.decode(self.coder.encode(gt_boxes[pos], anchors_pos), anchors_pos)  # (P, 4)
         iou_target = elementwise_iou(pred_boxes.detach(), target_boxes, offset=self.offset)  # (P,) IoU+1
-        sum_iou = reduce_mean(iou_target.sum()).clamp(min=1e-6)
+        sum_iou = mean(iou_target.sum()).clamp(min=1e-6)
         loss_reg = weighted_giou_sum(pred_boxes, target_boxes, iou_target) / sum_iou * c.reg_loss_weight
         loss_iou = bce_sum(quality[pos], iou_target) / n_pos * c.quality_loss_weight
         return {"loss_cls": loss_cls, "loss_reg": loss_reg + zero_loss(deltas, quality), "loss_iou": loss_iou}

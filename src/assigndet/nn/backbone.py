@@ -16,6 +16,8 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import FrozenBatchNorm2d
 
+from .dcn import DeformConv
+
 log = logging.getLogger("assigndet")
 
 _BLOCKS = {18: (BasicBlock, [2, 2, 2, 2]), 34: (BasicBlock, [3, 4, 6, 3]), 50: (Bottleneck, [3, 4, 6, 3]),
@@ -55,8 +57,11 @@ class ResNetBody(nn.Module):
         norm: str = "frozen_bn",
         frozen_bn_eps: float = 0.0,
         freeze_at: int = 2,
+        stage_with_dcn: tuple[bool, ...] | list[bool] = (False, False, False, False),
     ) -> None:
         super().__init__()
+        if len(stage_with_dcn) != 4:
+            raise ValueError(f"stage_with_dcn needs 4 entries (c2..c5), got {list(stage_with_dcn)}")
         if depth not in _BLOCKS:
             raise ValueError(f"unsupported ResNet depth {depth} (expected one of {sorted(_BLOCKS)})")
         if style not in ("caffe2", "pytorch"):
@@ -85,6 +90,13 @@ class ResNetBody(nn.Module):
             if style == "caffe2" and block is Bottleneck and stride != 1:
                 blocks[0].conv1.stride = (stride, stride)  # STRIDE_IN_1X1
                 blocks[0].conv2.stride = (1, 1)
+            if stage_with_dcn[i]:
+                if block is not Bottleneck:
+                    raise ValueError("deformable convs (stage_with_dcn) need a bottleneck ResNet (depth >= 50)")
+                for blk in blocks:  # modulated DCN v2 replaces the 3x3 conv (names conv2.offset / conv2.conv)
+                    c = blk.conv2
+                    blk.conv2 = DeformConv(c.in_channels, c.out_channels, 3, stride=c.stride[0], padding=1,
+                                           groups=c.groups, bias=False)
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
             self.out_channels.append(inplanes)
         for m in self.modules():
@@ -93,6 +105,9 @@ class ResNetBody(nn.Module):
             elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        for m in self.modules():
+            if isinstance(m, DeformConv):
+                m.reset_offset()
         self.freeze(freeze_at)
 
     def freeze(self, freeze_at: int) -> None:
@@ -143,8 +158,12 @@ def load_backbone_weights(body: ResNetBody, weights: str, *, depth: int, groups:
                              f"{[m.name for m in enum]}") from None
         state = w.get_state_dict(progress=False)
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    own = body.state_dict()
+    # a deformable 3x3 conv keeps its kernel under conv2.conv.weight; its offset conv starts fresh
+    state = {(k[: -len("weight")] + "conv.weight" if k not in own and k[: -len("weight")] + "conv.weight" in own
+              else k): v for k, v in state.items()}
     missing, unexpected = body.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    missing = [k for k in missing if not k.endswith("num_batches_tracked") and ".offset." not in k]
     if missing or unexpected:
         raise ValueError(f"backbone weights {weights}: missing keys {missing[:8]}, unexpected keys {unexpected[:8]}")
     log.info("loaded backbone weights %s", weights)

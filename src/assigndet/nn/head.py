@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from .backbone import _group_norm
+from .dcn import DeformConv
 
 
 class Scale(nn.Module):
@@ -20,10 +21,15 @@ class Scale(nn.Module):
         return x * self.scale
 
 
-def _tower(channels: int, num_convs: int, *, bias: bool, norm: str) -> nn.Sequential:
+def _tower(channels: int, num_convs: int, *, bias: bool, norm: str, dcn_last: bool = False) -> nn.Sequential:
+    """[conv3x3, GN, ReLU] x num_convs; with ``dcn_last`` the last conv is a modulated DCN
+    (``USE_DCN_IN_TOWER``; state-dict names ``{3 (n - 1)}.offset.*`` / ``{3 (n - 1)}.conv.*``)."""
     layers: list[nn.Module] = []
-    for _ in range(num_convs):
-        layers.append(nn.Conv2d(channels, channels, 3, padding=1, bias=bias))
+    for i in range(num_convs):
+        if dcn_last and i == num_convs - 1:
+            layers.append(DeformConv(channels, channels, 3, padding=1, bias=bias))
+        else:
+            layers.append(nn.Conv2d(channels, channels, 3, padding=1, bias=bias))
         if norm == "gn":
             layers.append(_group_norm(channels))
         elif norm != "none":
@@ -51,12 +57,13 @@ class DenseHead(nn.Module):
         prior_prob: float = 0.01,
         conv_bias: bool = True,
         norm: str = "gn",
+        dcn_last: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.num_anchors = num_anchors
-        self.cls_tower = _tower(in_channels, num_convs, bias=conv_bias, norm=norm)
-        self.bbox_tower = _tower(in_channels, num_convs, bias=conv_bias, norm=norm)
+        self.cls_tower = _tower(in_channels, num_convs, bias=conv_bias, norm=norm, dcn_last=dcn_last)
+        self.bbox_tower = _tower(in_channels, num_convs, bias=conv_bias, norm=norm, dcn_last=dcn_last)
         self.cls_logits = nn.Conv2d(in_channels, num_anchors * num_classes, 3, padding=1)
         self.bbox_pred = nn.Conv2d(in_channels, num_anchors * 4, 3, padding=1)
         self.quality = nn.Conv2d(in_channels, num_anchors, 3, padding=1)
@@ -66,6 +73,9 @@ class DenseHead(nn.Module):
                 nn.init.normal_(m.weight, std=0.01)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        for m in self.modules():
+            if isinstance(m, DeformConv):
+                m.reset_offset()
         #: the focal-loss prior: every class starts at probability ``prior_prob``
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
 

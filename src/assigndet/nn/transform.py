@@ -9,10 +9,23 @@ from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
 
-def resize_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
-    """The resized (H, W): short side ``min_size`` unless the long side would pass ``max_size``
-    (then the short side is ``round(max_size * short / long)``); the long side is truncated.
-    A short side already equal to the target keeps the size."""
+def resize_size(height: int, width: int, min_size: int, max_size: int, rule: str = "mrcnn") -> tuple[int, int]:
+    """The resized (H, W).
+
+    ``rule="mrcnn"`` (maskrcnn-benchmark): short side ``min_size`` unless the long side would pass
+    ``max_size`` (then the short side is ``round(max_size * short / long)``); the long side is
+    truncated; a short side already equal to the target keeps the size.
+    ``"minimal"`` (PAA_minimal): scale = min(min_size / short, max_size / long), sides
+    ``int(scale * side)``. ``"mmdet"`` (mmcv ``rescale_size``): the same scale, sides
+    ``int(side * scale + 0.5)``.
+    """
+    if rule in ("minimal", "mmdet"):
+        scale = min(min_size / min(height, width), max_size / max(height, width)) if max_size > 0 \
+            else min_size / min(height, width)
+        half = 0.5 if rule == "mmdet" else 0.0
+        return int(height * scale + half), int(width * scale + half)
+    if rule != "mrcnn":
+        raise ValueError(f"unknown resize rule {rule!r} (expected 'mrcnn', 'minimal' or 'mmdet')")
     size = min_size
     short, long = min(width, height), max(width, height)
     if max_size > 0 and long / short * size > max_size:
@@ -51,8 +64,11 @@ class ImageTransform(nn.Module):
         pixel_mean: list[float],
         pixel_std: list[float],
         exact_test_resize: bool = True,
+        resize_rule: str = "mrcnn",
     ) -> None:
         super().__init__()
+        resize_size(2, 3, 2, 3, resize_rule)  # validates the rule
+        self.resize_rule = resize_rule
         if len(min_size_train) not in (1, 2):
             raise ValueError(f"min_size_train must be [S] or [lo, hi], got {min_size_train}")
         self.min_size_train = list(min_size_train)
@@ -76,6 +92,8 @@ class ImageTransform(nn.Module):
     def _resize(self, image: Tensor, size: tuple[int, int]) -> Tensor:
         if tuple(image.shape[-2:]) == size:
             return image
+        if self.resize_rule == "mmdet":  # OpenCV-like bilinear (half-pixel centres, no antialias)
+            return TF.resize(image, list(size), antialias=False)
         if image.dtype == torch.uint8 and not self.training and self.exact_test_resize and image.device.type == "cpu":
             return pil_resize_uint8(image, size)
         return TF.resize(image, list(size), antialias=True)
@@ -95,7 +113,7 @@ class ImageTransform(nn.Module):
             if img.dim() != 3 or img.shape[0] != 3:
                 raise ValueError(f"image {i}: expected a (3, H, W) tensor, got shape {tuple(img.shape)}")
             h, w = img.shape[-2:]
-            size = resize_size(h, w, self._target_short_side(), max_size)
+            size = resize_size(h, w, self._target_short_side(), max_size, self.resize_rule)
             out.append(self._normalise(self._resize(img, size)))
             sizes.append(size)
             if targets is not None:

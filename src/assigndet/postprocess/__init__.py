@@ -1,5 +1,5 @@
 """Post-processing: dense top-k/NMS, score voting, IoU-guided NMS and refinement."""
-from .dense import dense_postprocess, kth_value_top, nms_with_offset, select_candidates
+from .dense import dense_postprocess, kth_value_top, mmdet_postprocess, nms_with_offset, select_candidates
 from .iou_nms import iou_guided_nms, refine_boxes
 from .voting import score_voting
 

@@ -102,3 +102,87 @@ def dense_postprocess(
 
         out_boxes = vote(out_boxes, labels[keep], boxes, scores, labels, sigma=score_voting_sigma, offset=offset)
     return {"boxes": out_boxes, "scores": scores[keep], "labels": labels[keep]}
+
+
+def mmdet_postprocess(
+    logits: Tensor,
+    deltas: Tensor,
+    quality: Tensor,
+    anchors: Tensor,
+    num_anchors_per_level: list[int],
+    image_size: tuple[int, int],
+    orig_size: tuple[int, int],
+    coder: BoxCoder,
+    *,
+    method: str,
+    score_thresh: float = 0.05,
+    pre_nms_top_n: int = 1000,
+    nms_thresh: float = 0.6,
+    detections_per_img: int = 100,
+    score_voting: bool = False,
+    score_voting_sigma: float = 0.025,
+) -> dict[str, Tensor]:
+    """mmdetection's inference rules for its ATSS / PAA ports (SPEC §6), one image; boxes in the
+    pixels of the *original* image (mmdetection rescales before NMS). No +1 anywhere.
+
+    ``method="atss"`` (v3 ``filter_scores_and_topk``): per level the (anchor, class) pairs with
+    p > thresh, the top ``pre_nms_top_n`` of them **by p alone**; decode, clip to [0, W] x [0, H];
+    rescale; score = p * centerness (no sqrt); drop boxes with w <= 0 or h <= 0; class-wise NMS;
+    the first ``detections_per_img``.
+    ``method="paa"``: per level the top ``pre_nms_top_n`` *anchors* by max_c sqrt(p q), no
+    threshold; decode, clip, rescale; scores sqrt(p q); pairs with score > thresh; class-wise NMS;
+    the first ``detections_per_img``; score voting over all those pairs (IoU without +1).
+
+    logits (A, C), deltas (A, 4), quality (A,) raw; anchors (A, 4).
+    """
+    if method not in ("atss", "paa"):
+        raise ValueError(f"mmdet post-processing exists for 'atss' and 'paa', not {method!r}")
+    probs = logits.sigmoid()  # (A, C)
+    q = quality.sigmoid()  # (A,)
+    h, w = image_size
+    # mmdetection divides by scale_factor = (new_w / w, new_h / h)
+    scale = logits.new_tensor([w / orig_size[1], h / orig_size[0]]).repeat(2)  # (4,)
+    boxes_l, scores_l, labels_l = [], [], []
+    start = 0
+    for n in num_anchors_per_level:
+        p = probs[start : start + n]  # (n, C)
+        if method == "atss":
+            mask = p > score_thresh  # (n, C)
+            vals = p[mask]  # (K,) row-major: anchor, then class
+            pairs = torch.nonzero(mask)  # (K, 2)
+            vals, order = vals.sort(descending=True)
+            k = min(pre_nms_top_n, vals.numel())
+            pairs = pairs[order[:k]]
+            a = pairs[:, 0] + start
+            boxes_l.append(coder.decode(deltas[a], anchors[a]))
+            scores_l.append(vals[:k] * q[a])  # (k,)
+            labels_l.append(pairs[:, 1])
+        else:
+            if 0 < pre_nms_top_n < n:
+                best = (p * q[start : start + n, None]).sqrt().max(dim=1).values  # (n,)
+                a = best.topk(pre_nms_top_n).indices + start
+            else:
+                a = torch.arange(start, start + n, device=logits.device)
+            boxes_l.append(coder.decode(deltas[a], anchors[a]))
+            scores_l.append((probs[a] * q[a, None]).sqrt())  # (k, C)
+        start += n
+    boxes = clip_boxes(torch.cat(boxes_l), image_size, offset=0.0) / scale  # (N, 4)
+    if method == "atss":
+        scores, labels = torch.cat(scores_l), torch.cat(labels_l)
+        ok = (boxes[:, 2] - boxes[:, 0] > 0) & (boxes[:, 3] - boxes[:, 1] > 0)  # min_bbox_size = 0
+        boxes, scores, labels = boxes[ok], scores[ok], labels[ok]
+        keep = batched_nms(boxes, scores, labels, nms_thresh)[:detections_per_img]
+        return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+    nms_scores = torch.cat(scores_l)  # (N, C)
+    mask = nms_scores > score_thresh
+    pairs = torch.nonzero(mask)  # (K, 2)
+    cand_boxes, cand_scores = boxes[pairs[:, 0]], nms_scores[mask]
+    cand_labels = pairs[:, 1]
+    keep = batched_nms(cand_boxes, cand_scores, cand_labels, nms_thresh)[:detections_per_img]
+    out_boxes = cand_boxes[keep]
+    if score_voting and keep.numel() > 0:
+        from .voting import score_voting as vote
+
+        out_boxes = vote(out_boxes, cand_labels[keep], cand_boxes, cand_scores, cand_labels,
+                         sigma=score_voting_sigma, offset=0.0)
+    return {"boxes": out_boxes, "scores": cand_scores[keep], "labels": cand_labels[keep]}
