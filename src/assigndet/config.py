@@ -32,6 +32,8 @@ class BackboneConfig:
     freeze_at: int = 2  # 0: nothing frozen; 1: stem; 2: stem + layer1 (FREEZE_CONV_BODY_AT)
     weights: Optional[str] = None  # torchvision weight enum ("IMAGENET1K_V1") or a local file
     base_width: int = 64  # stem/first-stage width (64 for every ResNet; smaller for tiny presets)
+    # modulated DCN v2 in place of the 3x3 conv of every block of stage c2..c5 (STAGE_WITH_DCN)
+    stage_with_dcn: list[bool] = field(default_factory=lambda: [False, False, False, False])
 
 
 @dataclass
@@ -44,6 +46,99 @@ class InputConfig:
     to_bgr255: bool = True  # caffe2 convention: BGR, 0..255
     pixel_mean: list[float] = field(default_factory=lambda: list(CAFFE2_PIXEL_MEAN))
     pixel_std: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    # "mrcnn": short side S, long side truncated (maskrcnn-benchmark); "minimal": int(scale * side)
+    # with scale = min(S / short, max / long) (PAA_minimal); "mmdet": the same scale, rounded to
+    # nearest and resized like OpenCV (bilinear, no antialias)
+    resize_rule: str = "mrcnn"
+
+
+@dataclass
+class TTAConfig:
+    """Test-time augmentation of SPEC §1.10 (``TEST.BBOX_AUG``); switched on by ``enabled``."""
+
+    enabled: bool = False
+    hflip: bool = True  # also run the test-size image flipped
+    scales: list[int] = field(default_factory=lambda: [400, 500, 600, 640, 700, 900, 1000, 1100, 1200, 1300,
+                                                       1400, 1800])
+    # boxes of scale i are kept when lo^2 < (w + 1)(h + 1) < hi^2
+    scale_ranges: list[list[float]] = field(default_factory=lambda: [
+        [96, 10000], [96, 10000], [64, 10000], [64, 10000], [64, 10000], [0, 10000], [0, 10000], [0, 256],
+        [0, 256], [0, 192], [0, 192], [0, 96]])
+    max_size: int = 3000  # cap of the long side for scales >= 800 (smaller scales use max_size_test)
+    scale_hflip: bool = True
+    vote: bool = True  # per-run NMS/top-k (+ score voting), then the vote merge
+    vote_thresh: float = 0.66
+    merge: str = "soft-vote"  # "soft-vote" | "vote" (only with vote=True)
+    detections_per_img: int = 1000  # the merged result keeps PRE_NMS_TOP_N detections, not 100
+
+
+@dataclass
+class IoUNetConfig:
+    """IoU-Net's IoU branch (SPEC §5.2-5.3); used by ``model.arch=iounet``."""
+
+    head_dim: int = 1024  # IoU head: 256*7*7 -> head_dim -> head_dim -> C (class-aware)
+    loss: str = "smoothl1"  # "smoothl1": SmoothL1(beta 1) on (u - 0.5) / 0.5 (paper) | "bce": BCE on u
+    loss_weight: float = 5.0
+    # IoU-balanced RoI generator (training only)
+    pre_sample: int = 4000  # deltas kept per IoU bin at construction
+    xy_steps: int = 16
+    wh_steps: int = 16
+    area_range: list[float] = field(default_factory=lambda: [1.0 / 3, 3.0])
+    nonlinearity: int = 2
+    start_bin: int = 5  # IoU bins start_bin..9 (IoU >= 0.5) are sampled
+    sample_num: int = 1000  # RoIs per image
+    pos_iou_thresh: float = 0.5  # MaxIoU assignment of the generated RoIs; only positives are kept
+    # inference (the ablation switches)
+    test_iou_head: bool = True  # False: IoU head unused at test (plain Faster R-CNN post-processing)
+    iou_nms: bool = True  # False: plain NMS ranked by the class score (rank_by "score")
+    rank_by: str = "iou"  # "iou" (paper, guide "rank") | "score_iou" (improved, guide "weight") | "score"
+    refine: bool = True  # optimisation-based refinement of the first pre_refine kept boxes
+    pre_refine: int = 100
+    steps: int = 5  # T
+    omega1: float = 0.001
+    omega2: float = -0.01
+    step_size: float = 0.5  # lambda (0.5 paper, 2.0 improved)
+    use_iou_score: bool = True  # after refinement: final score = cls score x predicted IoU
+
+
+@dataclass
+class RCNNConfig:
+    """Faster R-CNN R-50-FPN (mmdetection v2.14 conventions, SPEC §5.1), PAA in the RPN (§3.6) and
+    IoU-Net (§5.2); used by ``model.arch`` = ``faster_rcnn`` | ``iounet``. Final-detection settings
+    are ``model.score_thresh``, ``model.nms_thresh`` and ``model.detections_per_img``."""
+
+    norm_eval: bool = True  # backbone BatchNorm layers stay in eval mode (mmdetection norm_eval)
+    fpn_conv_bias: bool = True  # PAA_Faster-RCNN builds the FPN convs without bias
+    # RPN: anchors anchor_scale * stride x ratios on P2-P6
+    rpn_anchor_scale: float = 8.0
+    rpn_aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    rpn_strides: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64])
+    rpn_fg_iou_thresh: float = 0.7
+    rpn_bg_iou_thresh: float = 0.3
+    rpn_low_quality: str = "mmdet"  # "mmdet": best anchors of a GT (IoU >= bg thresh) go to that GT;
+    # "detectron2": best anchors of a GT (any IoU) are positive with their own argmax GT
+    rpn_batch_size_per_image: int = 256
+    rpn_positive_fraction: float = 0.5
+    rpn_pre_nms_top_n_train: int = 2000  # per level
+    rpn_post_nms_top_n_train: int = 1000  # per image
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
+    rpn_nms_thresh: float = 0.7
+    # PAA in the RPN (kkhoot/PAA_Faster-RCNN)
+    rpn_paa: bool = False
+    rpn_paa_iou_threshold: float = 0.1
+    rpn_paa_topk: int = 9
+    # RoI head
+    roi_pool: str = "roi_align"  # "roi_align" (RoIAlign aligned, P2-P5) | "prroi" (Precise RoI Pooling)
+    roi_output_size: int = 7
+    roi_sampling_ratio: int = 0
+    box_head_dim: int = 1024
+    box_batch_size_per_image: int = 512
+    box_positive_fraction: float = 0.25
+    box_fg_iou_thresh: float = 0.5
+    box_bg_iou_thresh: float = 0.5
+    box_reg_weights: list[float] = field(default_factory=lambda: [10.0, 10.0, 5.0, 5.0])
+    iounet: IoUNetConfig = field(default_factory=IoUNetConfig)
 
 
 @dataclass
@@ -57,6 +152,7 @@ class ModelConfig:
     head_convs: int = 4
     head_conv_bias: bool = True
     head_norm: str = "gn"  # "gn" | "none"
+    head_dcn: bool = False  # modulated DCN v2 as the last conv of each tower (USE_DCN_IN_TOWER)
     prior_prob: float = 0.01
     anchor_sizes: list[float] = field(default_factory=lambda: [64.0, 128.0, 256.0, 512.0, 1024.0])
     anchor_strides: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
@@ -64,6 +160,7 @@ class ModelConfig:
     anchor_scales_per_octave: int = 1
     anchor_style: str = "mrcnn"  # "mrcnn": centre s/2, inclusive widths; "mmdet": centre 0
     offset: float = 1.0  # +1 pixel convention (1.0 original, 0.0 modern)
+    coder_symmetric_clamp: bool = False  # mmdetection clamps |dw|, |dh| <= ln(1000/16); the original only above
     topk: int = 9
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
@@ -71,7 +168,8 @@ class ModelConfig:
     quality_loss_weight: float = 1.0
     # PAA
     paa_iou_threshold: float = 0.1
-    paa_variant: str = "original"  # "original" | "mmdet"
+    paa_variant: str = "original"  # "original" | "mmdet" | "minimal" (PAA_minimal's cut, SPEC §3.7)
+    loss_normalizer: str = "global"  # "global": N_pos etc. averaged over processes; "local": per process
     # inference
     score_thresh: float = 0.05
     pre_nms_top_n: int = 1000
@@ -79,6 +177,13 @@ class ModelConfig:
     detections_per_img: int = 100
     score_voting: bool = False
     score_voting_sigma: float = 0.025
+    postprocess: str = "original"  # "original" (SPEC §1.9) | "mmdet" (mmdetection's ATSS / PAA rules, SPEC §6)
+    # fine-tuning: load a checkpoint trained for another class count; the classifier keeps its
+    # fresh initialisation (logged) instead of failing on the shape mismatch
+    reinit_classifier: bool = False
+    tta: TTAConfig = field(default_factory=TTAConfig)
+    # two-stage detectors (faster_rcnn, iounet)
+    rcnn: RCNNConfig = field(default_factory=RCNNConfig)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .config import BackboneConfig, Config, DataConfig, InputConfig, ModelConfig, SolverConfig, TestConfig, register
+from . import zoo as _zoo  # noqa: F401,E402  (registers every published row; the R-50 presets below are the same)
 
 
 @register("atss_R_50_FPN_1x", published_ap=39.3)
@@ -109,7 +110,8 @@ def _coco_data() -> DataConfig:
 def faster_rcnn_R_50_FPN_1x() -> Config:
     """mmdetection v2.14 faster_rcnn_r50_fpn_1x_coco, the host of the IoU-Net reproduction (SPEC §5.1;
     its published 37.6 AP). torchvision-style R-50 (set ``model.backbone.weights=IMAGENET1K_V1`` for
-    torchvision://resnet50), BN in eval mode, stem + layer1 frozen, RGB mean/std, 1333x800, no +1;
+    torchvision://resnet50), BN in eval mode, stem + layer1 frozen, RGB mean/std, 1333x800 (mmcv's
+    rounding, OpenCV-like bilinear), no +1;
     12 epochs at 16 images = 87,960 iterations, steps at epochs 8 and 11 (58,640 / 80,630),
     LR 0.02 (linear scaling: the reproduction ran 2 GPUs x 2 images at 0.005), linear warm-up 500
     iterations from 0.001, biases with the same LR and weight decay."""
@@ -118,7 +120,8 @@ def faster_rcnn_R_50_FPN_1x() -> Config:
         arch="faster_rcnn", num_classes=80,
         backbone=BackboneConfig(depth=50, style="pytorch", norm="bn", freeze_at=2),
         input=InputConfig(min_size_train=[800], max_size_train=1333, min_size_test=800, max_size_test=1333,
-                          size_divisible=32, to_bgr255=False, pixel_mean=list(_RGB_MEAN), pixel_std=list(_RGB_STD)),
+                          size_divisible=32, to_bgr255=False, pixel_mean=list(_RGB_MEAN), pixel_std=list(_RGB_STD),
+                          resize_rule="mmdet"),
         fpn_channels=256, offset=0.0, score_thresh=0.05, nms_thresh=0.5, detections_per_img=100)
     solver = SolverConfig(ims_per_batch=16, base_lr=0.02, reference_batch=16, max_iter=12 * e, steps=[8 * e, 11 * e],
                           warmup_iters=500, warmup_factor=0.001, warmup_method="linear", weight_decay=1e-4,
@@ -138,7 +141,7 @@ def faster_rcnn_R_50_FPN_detectron2_1x() -> Config:
     m.backbone = BackboneConfig(depth=50, style="caffe2", norm="frozen_bn", frozen_bn_eps=1e-5, freeze_at=2)
     m.input = InputConfig(min_size_train=[640, 800], max_size_train=1333, min_size_test=800, max_size_test=1333,
                           size_divisible=32, to_bgr255=True, pixel_mean=list(_DETECTRON2_BGR_MEAN),
-                          pixel_std=[1.0, 1.0, 1.0])
+                          pixel_std=[1.0, 1.0, 1.0], resize_rule="mmdet")  # int(side * scale + 0.5), as detectron2
     m.rcnn.rpn_low_quality = "detectron2"
     s = cfg.solver
     s.max_iter, s.steps, s.warmup_iters = 90000, [60000, 80000], 1000
@@ -203,22 +206,32 @@ def iounet_R_50_FPN_imprv_1x() -> Config:
 @register("faster_rcnn_R_18_shapes")
 def faster_rcnn_R_18_shapes() -> Config:
     """Faster R-CNN on the embedded shapes dataset: the small from-scratch R-18 (base width 32, BN) and
-    inputs of ``atss_R_18_shapes``, FPN 64 channels, anchors 4 x stride (16-256 px), box head 256."""
+    inputs of ``atss_R_18_shapes``, FPN 64 channels, anchors 4 x stride (16-256 px), box (and IoU)
+    head 256 wide; RoI counts scaled to the small images (~2.5 objects each): proposals 1000 -> 500
+    in training, 500 -> 300 at test, 256 sampled RoIs and 256 IoU-balanced RoIs per image."""
     cfg = atss_R_18_shapes()
     m = cfg.model
     m.arch = "faster_rcnn"
     m.offset = 0.0
     m.nms_thresh = 0.5
-    m.rcnn.norm_eval = False
-    m.rcnn.rpn_anchor_scale = 4.0
-    m.rcnn.box_head_dim = 256
-    m.rcnn.iounet.head_dim = 256
+    r = m.rcnn
+    r.norm_eval = False
+    r.rpn_anchor_scale = 4.0
+    r.rpn_pre_nms_top_n_train, r.rpn_post_nms_top_n_train = 1000, 500
+    r.rpn_pre_nms_top_n_test, r.rpn_post_nms_top_n_test = 500, 300
+    r.box_head_dim = 256
+    r.box_batch_size_per_image = 256
+    r.iounet.head_dim = 256
+    r.iounet.sample_num = 256
     return cfg
 
 
 @register("faster_rcnn_R_18_paa_shapes")
 def faster_rcnn_R_18_paa_shapes() -> Config:
-    return _paa_rpn(faster_rcnn_R_18_shapes())
+    """PAA in the RPN on the shapes dataset (twice the test proposals, as the COCO config)."""
+    cfg = _paa_rpn(faster_rcnn_R_18_shapes())
+    cfg.model.rcnn.rpn_post_nms_top_n_test = 600
+    return cfg
 
 
 @register("iounet_R_18_shapes")

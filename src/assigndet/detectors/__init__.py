@@ -7,9 +7,12 @@ from ..config import ModelConfig
 from .atss import ATSS
 from .base import DenseDetector, TargetError
 from .dynamic_atss import DynamicATSS
+from .faster_rcnn import FasterRCNN
+from .iounet import IoUNet
 from .paa import PAA
 
-ARCHS: dict[str, type[nn.Module]] = {"atss": ATSS, "dynamic_atss": DynamicATSS, "paa": PAA}
+ARCHS: dict[str, type[nn.Module]] = {"atss": ATSS, "dynamic_atss": DynamicATSS, "paa": PAA,
+                                   "faster_rcnn": FasterRCNN, "iounet": IoUNet}
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
@@ -19,4 +22,4 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     return ARCHS[cfg.arch](cfg)
 
 
-__all__ = ["ATSS", "DynamicATSS", "PAA", "DenseDetector", "TargetError", "ARCHS", "build_model"]
+__all__ = ["ATSS", "DynamicATSS", "PAA", "FasterRCNN", "IoUNet", "DenseDetector", "TargetError", "ARCHS", "build_model"]

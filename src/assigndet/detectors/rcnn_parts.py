@@ -1,0 +1,368 @@
+"""Building blocks of the two-stage detectors (Faster R-CNN, PAA-RPN, IoU-Net).
+
+torchvision provides the machinery; this file adds what the reference hosts do differently:
+
+* :class:`FPN` — torchvision's ``FeaturePyramidNetwork`` + ``LastLevelMaxPool`` (P2–P6), optionally
+  without conv biases (the side effect of the PAA_Faster-RCNN commit, SPEC §3.6 item 7).
+* :func:`rpn_match` — the RPN's IoU matcher with mmdetection's (``MaxIoUAssigner``) or
+  detectron2's low-quality rule.
+* :class:`RPNHead` — torchvision's ``RPNHead`` with PAA's extra IoU conv.
+* :class:`RPN` — torchvision's ``RegionProposalNetwork`` (sampler, coder, per-level top-k + NMS)
+  with our anchors (mmdetection layout), L1 box loss, and PAA's re-assignment (SPEC §3.6).
+* :class:`LevelRoIAlign` — RoIAlign (aligned, mmdetection's ``SingleRoIExtractor`` level rule).
+* :func:`box_head` / :class:`RCNNHeads` — torchvision's ``TwoMLPHead`` + ``FastRCNNPredictor`` and
+  ``RoIHeads`` (matching, sampling with GT proposals, per-class NMS) with mmdetection's losses.
+
+Shape letters: B images, A anchors (all levels of one image), L levels, G ground truths,
+R RoIs (all images), C foreground classes.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork
+from torchvision.models.detection.rpn import RPNHead as _TVRPNHead
+from torchvision.ops import FeaturePyramidNetwork, roi_align
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from ..anchors import AnchorGenerator
+from ..assign.max_iou import max_iou_match
+from ..assign.paa import paa_partition_batch
+from ..boxes import box_iou, elementwise_iou
+from ..config import RCNNConfig
+from ..ops.prroi_pool import map_roi_levels
+
+#: PAA_Faster-RCNN computes the RPN's IoU target with inclusive pixels (IoU⁺¹, SPEC §3.6 item 5).
+PAA_RPN_IOU_OFFSET = 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# FPN P2-P6
+# ---------------------------------------------------------------------------------------------
+
+
+class FPN(nn.Module):
+    """C2..C5 -> P2..P6 with torchvision's FPN; P6 = max-pool(P5, 1, stride 2) (SPEC §5.1)."""
+
+    def __init__(self, in_channels: Sequence[int], out_channels: int = 256, *, conv_bias: bool = True) -> None:
+        super().__init__()
+        self.fpn = FeaturePyramidNetwork(list(in_channels), out_channels, extra_blocks=LastLevelMaxPool())
+        if not conv_bias:
+            for m in self.fpn.modules():
+                if isinstance(m, nn.Conv2d):
+                    m.bias = None
+        self.out_channels = out_channels
+
+    def forward(self, feats: list[Tensor]) -> list[Tensor]:
+        out = self.fpn(OrderedDict((f"p{i + 2}", f) for i, f in enumerate(feats)))
+        return list(out.values())  # [P2, P3, P4, P5, P6]
+
+
+# ---------------------------------------------------------------------------------------------
+# RPN
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def rpn_match(iou: Tensor, high: float, low: float, *, low_quality: str = "mmdet") -> Tensor:
+    """GT index per anchor from a (G, A) IoU matrix: -1 background, -2 ignore.
+
+    1. best IoU >= ``high`` -> its argmax GT; < ``low`` -> -1; in between -> -2.
+    2. Low-quality matches, for every GT g, the anchors whose IoU with g equals g's best IoU:
+       ``"mmdet"`` (``MaxIoUAssigner``, ``min_pos_iou = low``, ``gt_max_assign_all``): when that
+       best IoU >= ``low`` they are matched to g (GTs in order, a later one wins);
+       ``"detectron2"`` (and maskrcnn-benchmark, torchvision): they are matched to their own
+       argmax GT, whatever the IoU (:func:`~assigndet.assign.max_iou.max_iou_match`).
+    """
+    if low_quality == "detectron2":
+        return max_iou_match(iou, high, low, allow_low_quality=True)
+    if low_quality != "mmdet":
+        raise ValueError(f"rpn_low_quality must be 'mmdet' or 'detectron2', got {low_quality!r}")
+    matches = max_iou_match(iou, high, low, allow_low_quality=False)  # (A,)
+    G, A = iou.shape
+    if G == 0 or A == 0:
+        return matches
+    gt_best = iou.max(dim=1).values  # (G,)
+    hit = (iou == gt_best[:, None]) & (gt_best[:, None] >= low)  # (G, A)
+    gt_ids = torch.arange(G, device=iou.device)[:, None].expand(G, A)
+    last = torch.where(hit, gt_ids, -1).amax(dim=0)  # (A,) the last GT that claims the anchor
+    return torch.where(last >= 0, last, matches)
+
+
+class RPNHead(_TVRPNHead):
+    """3x3 conv + ReLU shared over levels, 1x1 objectness and deltas (torchvision, N(0, 0.01) init);
+    with ``iou_pred`` an extra 3x3 IoU conv on the shared feature (PAA_Faster-RCNN; PyTorch's default
+    init, as the reference)."""
+
+    def __init__(self, in_channels: int, num_anchors: int, *, iou_pred: bool = False) -> None:
+        super().__init__(in_channels, num_anchors)
+        self.iou_pred = nn.Conv2d(in_channels, num_anchors, 3, padding=1) if iou_pred else None
+
+    def forward(self, x: list[Tensor]) -> tuple[list[Tensor], list[Tensor], Optional[list[Tensor]]]:
+        logits, deltas, ious = [], [], []
+        for feature in x:
+            t = self.conv(feature)
+            logits.append(self.cls_logits(t))  # (B, A, H, W)
+            deltas.append(self.bbox_pred(t))  # (B, A*4, H, W)
+            if self.iou_pred is not None:
+                ious.append(self.iou_pred(t))  # (B, A, H, W)
+        return logits, deltas, (ious if self.iou_pred is not None else None)
+
+
+def _flatten_levels(maps: list[Tensor], per_anchor: int) -> Tensor:
+    """Per-level (B, A*K, H, W) maps -> (B, sum_l H_l W_l A, K) in the anchors' order."""
+    out = []
+    for m in maps:
+        B, AK, H, W = m.shape
+        A = AK // per_anchor
+        m = m.view(B, A, per_anchor, H, W).permute(0, 3, 4, 1, 2)  # (B, H, W, A, K)
+        out.append(m.reshape(B, H * W * A, per_anchor))  # (B, HWA, K)
+    return torch.cat(out, dim=1)
+
+
+def paa_proposal_logit(objectness: Tensor, iou: Tensor) -> Tensor:
+    """logit(sqrt(sigmoid(o) * sigmoid(i))), stable (PAA_Faster-RCNN's proposal score)."""
+    log_p = -0.5 * (F.softplus(-objectness) + F.softplus(-iou))  # log sqrt(σ(o) σ(i)) <= 0
+    one_minus_p = (-torch.expm1(log_p)).clamp(min=torch.finfo(log_p.dtype).tiny)
+    return log_p - torch.log(one_minus_p)
+
+
+class RPN(RegionProposalNetwork):
+    """Region proposals on P2-P6 (torchvision's RPN with mmdetection's anchors and L1 loss).
+
+    ``forward(features, image_sizes, targets)`` -> (proposals per image (N_i, 4), losses).
+    With ``cfg.rpn_paa`` the labels come from PAA (SPEC §3.6, :meth:`paa_labels`) and an IoU
+    branch is trained and folded into the proposal score.
+    """
+
+    def __init__(self, cfg: RCNNConfig, in_channels: int) -> None:
+        anchors = AnchorGenerator(sizes=[cfg.rpn_anchor_scale * s for s in cfg.rpn_strides], strides=cfg.rpn_strides,
+                                  aspect_ratios=cfg.rpn_aspect_ratios, style="mmdet")
+        head = RPNHead(in_channels, anchors.num_anchors_per_location, iou_pred=cfg.rpn_paa)
+        super().__init__(
+            anchors, head, fg_iou_thresh=cfg.rpn_fg_iou_thresh, bg_iou_thresh=cfg.rpn_bg_iou_thresh,
+            batch_size_per_image=cfg.rpn_batch_size_per_image, positive_fraction=cfg.rpn_positive_fraction,
+            pre_nms_top_n=dict(training=cfg.rpn_pre_nms_top_n_train, testing=cfg.rpn_pre_nms_top_n_test),
+            post_nms_top_n=dict(training=cfg.rpn_post_nms_top_n_train, testing=cfg.rpn_post_nms_top_n_test),
+            nms_thresh=cfg.rpn_nms_thresh)
+        self.cfg = cfg
+        if cfg.rpn_low_quality not in ("mmdet", "detectron2"):
+            raise ValueError(f"model.rcnn.rpn_low_quality must be 'mmdet' or 'detectron2', got {cfg.rpn_low_quality!r}")
+
+    # -- the pieces ---------------------------------------------------------------------------
+    def predict(self, features: list[Tensor]):
+        """Head outputs flattened in the anchors' order: objectness (B, A), deltas (B, A, 4),
+        IoU logits (B, A) or None; the anchors (A, 4) and their count per level."""
+        logits, deltas, ious = self.head(features)
+        anchors, num_per_level = self.anchor_generator([tuple(f.shape[-2:]) for f in features])
+        objectness = _flatten_levels(logits, 1)[..., 0]  # (B, A)
+        deltas = _flatten_levels(deltas, 4)  # (B, A, 4)
+        iou = _flatten_levels(ious, 1)[..., 0] if ious is not None else None  # (B, A)
+        return objectness, deltas, iou, anchors, num_per_level
+
+    def match(self, anchors: Tensor, targets: list[dict]) -> Tensor:
+        """Per-image GT index of every anchor (B, A): -1 background, -2 ignore."""
+        c = self.cfg
+        out = []
+        for t in targets:
+            iou = box_iou(t["boxes"].to(anchors.dtype), anchors, offset=0.0)  # (G, A)
+            out.append(rpn_match(iou, c.rpn_fg_iou_thresh, c.rpn_bg_iou_thresh, low_quality=c.rpn_low_quality))
+        return torch.stack(out)
+
+    @torch.no_grad()
+    def paa_labels(self, objectness: Tensor, deltas: Tensor, anchors: Tensor, num_per_level: list[int],
+                   targets: list[dict]) -> Tensor:
+        """PAA in the RPN (SPEC §3.6), no gradient -> per-image GT index (B, A), -1 background.
+
+        1. Match at IoU ``rpn_paa_iou_threshold`` (high = low, no ignore) with low-quality matches
+           to the anchor's own argmax GT.
+        2. Anchor score = BCE(objectness, matched) + L1 of the deltas (summed over 4) to the matched
+           GT for matched anchors, +inf for the others.
+        3. PAA's candidates, GMM and cut (:func:`~assigndet.assign.paa.paa_partition_batch`,
+           TOPK ``rpn_paa_topk``); every GT has label 1.
+        """
+        c = self.cfg
+        B, A = objectness.shape
+        # 1.
+        matched = []
+        for t in targets:
+            iou = box_iou(t["boxes"].to(anchors.dtype), anchors, offset=0.0)  # (G, A)
+            matched.append(max_iou_match(iou, c.rpn_paa_iou_threshold, c.rpn_paa_iou_threshold,
+                                         allow_low_quality=True))
+        matched = torch.stack(matched)  # (B, A)
+        # 2.
+        pos = matched >= 0  # (B, A)
+        cls = F.binary_cross_entropy_with_logits(objectness, pos.to(objectness.dtype), reduction="none")  # (B, A)
+        loc = torch.full_like(cls, math.inf)  # (B, A)
+        if bool(pos.any()):
+            gt = _gather_gt(matched, targets, anchors)  # (B, A, 4)
+            anchors_b = anchors.expand(B, A, 4)
+            target = self.box_coder.encode_single(gt[pos], anchors_b[pos])  # (P, 4)
+            loc[pos] = (deltas[pos] - target).abs().sum(dim=1).to(loc.dtype)
+        # 3.
+        return paa_partition_batch(cls + loc, matched, num_per_level, [len(t["boxes"]) for t in targets],
+                                   topk=c.rpn_paa_topk)
+
+    def sample(self, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """torchvision's balanced sampler over (B, A) labels (1 / 0 / -1) -> pos, neg masks (B, A)."""
+        pos, neg = self.fg_bg_sampler(list(labels))
+        return torch.stack(pos).bool(), torch.stack(neg).bool()
+
+    def losses(self, objectness: Tensor, deltas: Tensor, iou_logits: Optional[Tensor], anchors: Tensor,
+               num_per_level: list[int], targets: list[dict]) -> dict[str, Tensor]:
+        B, A = objectness.shape
+        anchors_b = anchors.expand(B, A, 4)  # (B, A, 4)
+        if not self.cfg.rpn_paa:
+            # mmdetection: BCE over the sampled anchors, L1 over the sampled positives, both / #sampled
+            matched = self.match(anchors, targets)  # (B, A)
+            labels = torch.where(matched >= 0, 1.0, torch.where(matched == -1, 0.0, -1.0))  # (B, A)
+            pos, neg = self.sample(labels)
+            sampled = pos | neg
+            norm = sampled.sum().clamp(min=1).to(objectness.dtype)
+            gt = _gather_gt(matched, targets, anchors)  # (B, A, 4)
+            target = self.box_coder.encode_single(gt[pos], anchors_b[pos])  # (P, 4)
+            loss_cls = F.binary_cross_entropy_with_logits(objectness[sampled], labels[sampled], reduction="sum") / norm
+            loss_loc = F.l1_loss(deltas[pos], target, reduction="sum") / norm
+            return {"loss_rpn_cls": loss_cls, "loss_rpn_loc": loss_loc}
+        # PAA (SPEC §3.6 items 3-5)
+        matched = self.paa_labels(objectness.detach(), deltas.detach(), anchors, num_per_level, targets)  # (B, A)
+        labels = (matched >= 0).to(objectness.dtype)  # (B, A) no ignore
+        pos, neg = self.sample(labels)
+        sampled = pos | neg
+        norm = float(self.cfg.rpn_batch_size_per_image * B)
+        gt = _gather_gt(matched, targets, anchors)  # (B, A, 4)
+        gt_pos, anchors_pos = gt[pos], anchors_b[pos]  # (P, 4)
+        target = self.box_coder.encode_single(gt_pos, anchors_pos)  # (P, 4)
+        pred_boxes = self.box_coder.decode_single(deltas[pos].detach(), anchors_pos)  # (P, 4)
+        iou_target = elementwise_iou(pred_boxes, gt_pos, offset=PAA_RPN_IOU_OFFSET)  # (P,)
+        loss_cls = F.binary_cross_entropy_with_logits(objectness[sampled], labels[sampled], reduction="sum") / norm
+        loss_loc = ((deltas[pos] - target).abs().sum(dim=1) * iou_target).sum() / norm
+        num_pos = max(int(pos.sum()), 1)
+        loss_iou = F.binary_cross_entropy_with_logits(iou_logits[pos], iou_target, reduction="sum") / num_pos
+        return {"loss_rpn_cls": loss_cls, "loss_rpn_loc": loss_loc, "loss_rpn_iou": loss_iou}
+
+    def forward(self, features: list[Tensor], image_sizes: list[tuple[int, int]],  # type: ignore[override]
+                targets: Optional[list[dict]] = None) -> tuple[list[Tensor], dict[str, Tensor]]:
+        objectness, deltas, iou, anchors, num_per_level = self.predict(features)
+        B, A = objectness.shape
+        proposals = self.box_coder.decode_single(deltas.detach().reshape(-1, 4), anchors.repeat(B, 1)).view(B, A, 4)
+        score = objectness.detach() if iou is None else paa_proposal_logit(objectness.detach(), iou.detach())
+        boxes, _ = self.filter_proposals(proposals, score, image_sizes, num_per_level)
+        losses: dict[str, Tensor] = {}
+        if self.training:
+            if targets is None:
+                raise ValueError("in training mode the RPN needs targets")
+            losses = self.losses(objectness, deltas, iou, anchors, num_per_level, targets)
+        return boxes, losses
+
+
+def _gather_gt(matched: Tensor, targets: list[dict], anchors: Tensor) -> Tensor:
+    """GT box of every anchor (B, A, 4) from per-image indices (B, A) (zeros where < 0)."""
+    B, A = matched.shape
+    counts = [len(t["boxes"]) for t in targets]
+    if sum(counts) == 0:
+        return anchors.new_zeros(B, A, 4)
+    all_gt = torch.cat([t["boxes"].to(anchors.dtype) for t in targets])  # (M, 4)
+    offsets = torch.tensor([sum(counts[:b]) for b in range(B)], device=matched.device)[:, None]  # (B, 1)
+    idx = torch.where(matched >= 0, matched + offsets, 0)  # (B, A)
+    return torch.where((matched >= 0)[..., None], all_gt[idx], 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# RoI feature extraction and the box head
+# ---------------------------------------------------------------------------------------------
+
+
+class LevelRoIAlign(nn.Module):
+    """RoIAlign (``aligned=True``) over FPN levels with mmdetection's level rule
+    floor(log2(sqrt(w h) / 56 + 1e-6)) clamped to the levels (torchvision's ``MultiScaleRoIAlign``
+    always pools with ``aligned=False``). Same call as :class:`~assigndet.ops.MultiScalePrRoIPool`:
+    ``forward(features, boxes, image_shapes)`` -> (R, C, PH, PW)."""
+
+    def __init__(self, strides: Sequence[int], output_size: int = 7, sampling_ratio: int = 0, *,
+                 finest_scale: float = 56.0) -> None:
+        super().__init__()
+        self.strides = [float(s) for s in strides]
+        self.output_size = (output_size, output_size)
+        self.sampling_ratio = sampling_ratio
+        self.finest_scale = finest_scale
+
+    def forward(self, features: Sequence[Tensor], boxes: Sequence[Tensor],
+                image_shapes: Optional[Sequence[tuple[int, int]]] = None) -> Tensor:
+        maps = list(features)[: len(self.strides)]
+        ref = maps[0]
+        rois = torch.cat([torch.cat((torch.full_like(b[:, :1], i), b), dim=1) for i, b in enumerate(boxes)])  # (R, 5)
+        out = ref.new_zeros((rois.shape[0], ref.shape[1], *self.output_size))  # (R, C, PH, PW)
+        if rois.shape[0] == 0:
+            return out
+        levels = map_roi_levels(rois[:, 1:], len(maps), self.finest_scale)  # (R,)
+        for lvl, (fmap, stride) in enumerate(zip(maps, self.strides)):
+            idx = torch.nonzero(levels == lvl).squeeze(1)
+            if idx.numel():
+                out[idx] = roi_align(fmap, rois[idx].to(fmap.dtype), self.output_size, 1.0 / stride,
+                                     self.sampling_ratio, aligned=True)
+        return out
+
+
+def box_head(in_channels: int, resolution: int, dim: int, num_classes: int) -> tuple[nn.Module, nn.Module]:
+    """mmdetection's Shared2FCBBoxHead from torchvision's parts: ``TwoMLPHead`` (Xavier-uniform FCs)
+    and ``FastRCNNPredictor`` (C + 1 scores with background 0, class-specific deltas;
+    N(0, 0.01) / N(0, 0.001) init)."""
+    head = TwoMLPHead(in_channels * resolution * resolution, dim)
+    for fc in (head.fc6, head.fc7):
+        nn.init.xavier_uniform_(fc.weight)
+        nn.init.zeros_(fc.bias)
+    predictor = FastRCNNPredictor(dim, num_classes + 1)
+    nn.init.normal_(predictor.cls_score.weight, std=0.01)
+    nn.init.normal_(predictor.bbox_pred.weight, std=0.001)
+    nn.init.zeros_(predictor.cls_score.bias)
+    nn.init.zeros_(predictor.bbox_pred.bias)
+    return head, predictor
+
+
+class RCNNHeads(RoIHeads):
+    """torchvision's ``RoIHeads`` (box branch only) with mmdetection's L1 box loss.
+
+    Labels here are torchvision's: 0 background, 1..C the classes (the detector shifts them).
+    """
+
+    def __init__(self, cfg: RCNNConfig, *, pooler: nn.Module, in_channels: int, num_classes: int,
+                 score_thresh: float, nms_thresh: float, detections_per_img: int) -> None:
+        head, predictor = box_head(in_channels, cfg.roi_output_size, cfg.box_head_dim, num_classes)
+        super().__init__(pooler, head, predictor, fg_iou_thresh=cfg.box_fg_iou_thresh,
+                         bg_iou_thresh=cfg.box_bg_iou_thresh, batch_size_per_image=cfg.box_batch_size_per_image,
+                         positive_fraction=cfg.box_positive_fraction, bbox_reg_weights=tuple(cfg.box_reg_weights),
+                         score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img)
+        self.num_classes = num_classes
+
+    def box_forward(self, features: list[Tensor], boxes: list[Tensor], image_sizes) -> tuple[Tensor, Tensor]:
+        """Class logits (R, C + 1) and class-specific deltas (R, (C + 1) * 4) of per-image boxes."""
+        x = self.box_head(self.box_roi_pool(features, boxes, image_sizes))
+        return self.box_predictor(x)
+
+    def box_losses(self, features: list[Tensor], proposals: list[Tensor], image_sizes,
+                   targets: list[dict]) -> dict[str, Tensor]:
+        """Sample 512 RoIs/image (25 % positive, GT boxes added); CE mean + L1 sum / #sampled."""
+        proposals, _, labels, regression_targets = self.select_training_samples(proposals, targets)
+        class_logits, box_regression = self.box_forward(features, proposals, image_sizes)
+        labels = torch.cat(labels)  # (R,)
+        regression_targets = torch.cat(regression_targets)  # (R, 4)
+        loss_cls = F.cross_entropy(class_logits, labels)
+        pos = torch.nonzero(labels > 0).squeeze(1)  # (P,)
+        deltas = box_regression.reshape(len(labels), -1, 4)[pos, labels[pos]]  # (P, 4)
+        loss_bbox = F.l1_loss(deltas, regression_targets[pos], reduction="sum") / max(labels.numel(), 1)
+        return {"loss_cls": loss_cls, "loss_bbox": loss_bbox}
+
+    @torch.no_grad()
+    def detect(self, features: list[Tensor], proposals: list[Tensor], image_sizes) -> list[dict]:
+        """Softmax, class-specific decoding, clip, score > thresh, per-class NMS, top k; labels 0-based."""
+        class_logits, box_regression = self.box_forward(features, proposals, image_sizes)
+        boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_sizes)
+        return [dict(boxes=b, scores=s, labels=lab - 1) for b, s, lab in zip(boxes, scores, labels)]
