@@ -4,6 +4,8 @@ AP50/60/70/80/90: Faster R-CNN, + PAA RPN, and the IoU-Net ablation rows.
     python benchmarks/shapes_two_stage.py --data data/shapes --out runs/shapes_two_stage
     python benchmarks/shapes_two_stage.py --presets faster_rcnn_R_18_shapes     # a subset
     python benchmarks/shapes_two_stage.py solver.max_iter=300 solver.steps=[200,260]   # overrides
+    python benchmarks/shapes_two_stage.py model.rcnn.iounet.detach_features=true --presets iounet_R_18_shapes
+        # (overrides go before --presets, which takes every name after it)
     python benchmarks/shapes_two_stage.py --threads 1     # a busy shared CPU
 
 The IoU-Net is trained once (paper-faithful settings: SmoothL1 IoU loss) and evaluated from the same

@@ -141,6 +141,16 @@ def test_losses_finite_and_backward(num_gt):
         assert m.roi_heads.iou_head.fc1.weight.grad.abs().sum() > 0
 
 
+def test_iou_loss_reaches_the_backbone_unless_detached():
+    imgs, targets = images_and_targets(2)
+    for detach in (False, True):
+        m = tiny([f"model.rcnn.iounet.detach_features={str(detach).lower()}"]).train()
+        m(imgs, targets)["loss_iou"].backward()
+        assert m.roi_heads.iou_head.fc1.weight.grad.abs().sum() > 0
+        g = m.fpn.fpn.layer_blocks[0][0].weight.grad
+        assert (g is None or g.abs().sum() == 0) == detach
+
+
 def test_training_reduces_the_losses():
     m = tiny(["model.rcnn.rpn_batch_size_per_image=64"]).train()
     imgs, targets = images_and_targets(3)
