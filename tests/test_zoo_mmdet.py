@@ -226,3 +226,41 @@ def test_mmdet_postprocess_matches_the_rules(method, voting):
     torch.testing.assert_close(out["scores"][ours].double(), torch.from_numpy(S[order]), atol=1e-6, rtol=0)
     assert out["labels"][ours].tolist() == L[order].tolist()
     torch.testing.assert_close(out["boxes"][ours].double(), torch.from_numpy(B[order]), atol=1e-3, rtol=0)
+
+
+def _mmdet_transform():
+    from assigndet.nn.transform import ImageTransform
+
+    return ImageTransform(min_size_train=[800], max_size_train=1333, min_size_test=800, max_size_test=1333,
+                          to_bgr255=False, pixel_mean=[0.0, 0.0, 0.0], pixel_std=[1.0, 1.0, 1.0],
+                          resize_rule="mmdet").eval()
+
+
+def test_mmdet_test_resize_is_opencv_bilinear():
+    """The *_mmdet presets resize uint8 test images with cv2.resize(INTER_LINEAR), as mmcv's imrescale
+    (torchvision's bilinear differs by one grey level in many pixels)."""
+    cv2 = pytest.importorskip("cv2")
+    from torchvision.transforms.v2 import functional as TF
+
+    img = torch.randint(0, 256, (3, 427, 640), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    batch, sizes, _ = _mmdet_transform()([img])
+    assert sizes == [(800, 1199)]  # mmcv rescale_size: int(side * 800 / 427 + 0.5)
+    ref = cv2.resize(img.permute(1, 2, 0).numpy(), (1199, 800), interpolation=cv2.INTER_LINEAR)
+    assert torch.equal(batch[0, :, :800, :1199], torch.from_numpy(ref).permute(2, 0, 1).float())
+    approx = TF.resize(img, [800, 1199], antialias=False).float()
+    assert not torch.equal(approx, batch[0, :, :800, :1199])  # the fallback is not byte-exact
+
+
+def test_mmdet_resize_without_opencv_warns_and_approximates(monkeypatch):
+    from assigndet.nn import transform as T
+
+    monkeypatch.setattr(T, "opencv_available", lambda: False)
+    monkeypatch.setattr(T, "_warned_no_opencv", False)
+    img = torch.randint(0, 256, (3, 60, 90), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    t = _mmdet_transform()
+    with pytest.warns(UserWarning, match="assigndet\\[mmdet\\]"):
+        batch, sizes, _ = t([img])
+    h, w = sizes[0]
+    from torchvision.transforms.v2 import functional as TF
+
+    assert torch.equal(batch[0, :, :h, :w], TF.resize(img, [h, w], antialias=False).float())

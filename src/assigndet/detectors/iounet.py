@@ -199,6 +199,12 @@ class IoUHead(nn.Module):
         return F.binary_cross_entropy_with_logits(raw, target)
 
 
+def channels_last(features: list[Tensor]) -> list[Tensor]:
+    """The maps in channels-last layout, in which PrRoIPool reads them as a table without a copy
+    (each pooling call would otherwise lay out every level again)."""
+    return [f.contiguous(memory_format=torch.channels_last) for f in features]
+
+
 # ---------------------------------------------------------------------------------------------
 # RoI heads and detector
 # ---------------------------------------------------------------------------------------------
@@ -266,6 +272,7 @@ class IoUNetRoIHeads(RCNNHeads):
     @torch.no_grad()
     def detect(self, features: list[Tensor], proposals: list[Tensor], sizes) -> list[dict]:
         ic = self.icfg
+        features = channels_last(features)  # pooled up to 2 + steps + 1 times: lay out once
         if not ic.test_iou_head:  # ablation: IoU head unused at test
             return super().detect(features, proposals, sizes)
         class_logits, box_regression = self.box_forward(features, proposals, sizes)
@@ -348,7 +355,7 @@ class IoUNet(FasterRCNN):
         return IoUNetRoIHeads(cfg)
 
     def roi_losses(self, feats, proposals, sizes, targets) -> dict[str, Tensor]:
-        feats = feats[: len(ROI_STRIDES)]
+        feats = channels_last(feats[: len(ROI_STRIDES)])  # pooled twice: lay out once
         losses = self.roi_heads.box_losses(feats, proposals, sizes, targets)
         losses.update(self.roi_heads.iou_losses(feats, sizes, targets))
         return losses

@@ -1,6 +1,9 @@
 """Resize (the original's rule), normalise and pad a list of images into a batch (SPEC §1.2)."""
 from __future__ import annotations
 
+import functools
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -43,6 +46,39 @@ def pil_resize_uint8(image: Tensor, size: tuple[int, int]) -> Tensor:
     arr = image.permute(1, 2, 0).contiguous().cpu().numpy()
     out = Image.fromarray(arr).resize((size[1], size[0]), Image.BILINEAR)
     return torch.from_numpy(np.asarray(out).copy()).permute(2, 0, 1).to(image.device)
+
+
+def cv2_resize_uint8(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of a uint8 (3, H, W) tensor with OpenCV itself (``cv2.INTER_LINEAR``), as
+    mmcv's ``imrescale`` does in mmdetection's test pipeline: byte-identical to it with the same
+    OpenCV build. Needs ``opencv-python-headless`` (the ``assigndet[mmdet]`` extra)."""
+    import cv2  # optional dependency: only the *_mmdet presets' exact test-time resize uses it
+
+    arr = image.permute(1, 2, 0).contiguous().cpu().numpy()
+    out = cv2.resize(arr, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    return torch.from_numpy(out).permute(2, 0, 1).to(image.device)
+
+
+@functools.lru_cache(maxsize=None)
+def opencv_available() -> bool:
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+_warned_no_opencv = False
+
+
+def _warn_no_opencv() -> None:
+    global _warned_no_opencv
+    if not _warned_no_opencv:
+        _warned_no_opencv = True
+        warnings.warn("resize_rule=mmdet: OpenCV is not installed, so test images are resized with torchvision's "
+                      "bilinear, which differs from mmdetection's cv2.resize by 1 grey level in ~20% of the pixels; "
+                      "pip install 'assigndet[mmdet]' (opencv-python-headless) for byte-identical inputs",
+                      stacklevel=3)
 
 
 class ImageTransform(nn.Module):
@@ -92,9 +128,15 @@ class ImageTransform(nn.Module):
     def _resize(self, image: Tensor, size: tuple[int, int]) -> Tensor:
         if tuple(image.shape[-2:]) == size:
             return image
-        if self.resize_rule == "mmdet":  # OpenCV-like bilinear (half-pixel centres, no antialias)
+        exact = image.dtype == torch.uint8 and not self.training and self.exact_test_resize \
+            and image.device.type == "cpu"
+        if self.resize_rule == "mmdet":  # OpenCV bilinear (half-pixel centres, no antialias)
+            if exact:
+                if opencv_available():
+                    return cv2_resize_uint8(image, size)
+                _warn_no_opencv()
             return TF.resize(image, list(size), antialias=False)
-        if image.dtype == torch.uint8 and not self.training and self.exact_test_resize and image.device.type == "cpu":
+        if exact:
             return pil_resize_uint8(image, size)
         return TF.resize(image, list(size), antialias=True)
 

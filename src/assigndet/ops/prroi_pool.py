@@ -335,7 +335,7 @@ class MultiScalePrRoIPool(nn.Module):
         num_boxes = all_boxes.shape[0]
         levels = map_roi_levels(all_boxes, self.num_levels, self.finest_scale)  # (K,)
 
-        outs, order = [], []
+        out = ref.new_empty((num_boxes, ref.shape[1], ph_, pw_))  # (K, C, PH, PW); every box has a level
         for lvl, (fmap, stride) in enumerate(zip(maps, strides)):
             idx = torch.nonzero(levels == lvl).squeeze(1)  # (K_l,)
             if idx.numel() == 0:
@@ -351,12 +351,8 @@ class MultiScalePrRoIPool(nn.Module):
                 all_boxes[idx] * (1.0 / stride),
                 (ph_, pw_),
             )  # (K_l, PH, PW, C)
-            outs.append(pooled)
-            order.append(idx)
-        pooled = torch.cat(outs)  # (K, PH, PW, C) grouped by level
-        inverse = torch.empty_like(levels)
-        inverse[torch.cat(order)] = torch.arange(num_boxes, device=ref.device)
-        return pooled[inverse].permute(0, 3, 1, 2).contiguous()  # (K, C, PH, PW)
+            out[idx] = pooled.permute(0, 3, 1, 2)  # one copy into the boxes' order
+        return out
 
     def extra_repr(self) -> str:
         names = self.featmap_names if self.featmap_names is not None else self.num_levels

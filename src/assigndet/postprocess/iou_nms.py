@@ -135,7 +135,7 @@ def refine_boxes(
         cur_iou = iou_fn(cur)  # (K,) with a graph to cur
         final_iou = cur_iou.detach()  # (K,)
         active = torch.ones(num, dtype=torch.bool, device=boxes.device)  # (K,)
-        for _ in range(steps):
+        for step in range(steps):
             if not bool(active.any()):
                 break
             (grad,) = torch.autograd.grad(cur_iou.sum(), cur)  # (K, 4)
@@ -143,8 +143,13 @@ def refine_boxes(
             w = box[:, 2] - box[:, 0]  # (K,)
             h = box[:, 3] - box[:, 1]  # (K,)
             delta = step_size * grad * torch.stack((w, h, w, h), dim=1)  # (K, 4)
-            new = torch.where(active[:, None], box + delta, box).requires_grad_(True)  # (K, 4)
-            new_iou = iou_fn(new)  # (K,)
+            new = torch.where(active[:, None], box + delta, box)  # (K, 4)
+            if step < steps - 1:  # the last IoU needs no gradient: no graph
+                new = new.requires_grad_(True)
+                new_iou = iou_fn(new)  # (K,)
+            else:
+                with torch.no_grad():
+                    new_iou = iou_fn(new)  # (K,)
             new_val = new_iou.detach()  # (K,)
             stop = ((final_iou - new_val).abs() < omega1) | ((new_val - final_iou) < omega2)  # (K,)
             final_iou = torch.where(active, new_val, final_iou)  # (K,) stopped boxes keep IoU_new
