@@ -124,3 +124,17 @@ def test_backbone_weights_from_local_file(tmp_path):
         assert torch.equal(m.body.state_dict()[k], v), k
     with pytest.raises(ValueError, match="neither a file nor one of"):
         tiny(overrides=["model.backbone.weights=NO_SUCH_WEIGHTS"])
+
+
+@pytest.mark.parametrize("num_gt", [0, 2])
+def test_paa_mmdet_variant_trains(num_gt):
+    """mmdetection's PAA (step A, 1.3-weighted anchor scores, cut, cls / max(#pos, #images))."""
+    m = tiny("paa", ["model.paa_variant=mmdet", "model.loss_normalizer=local", "model.offset=0.0"]).train()
+    imgs, targets = images_and_targets()
+    targets = [{"boxes": t["boxes"][:num_gt], "labels": t["labels"][:num_gt]} for t in targets]
+    losses = m(imgs, targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    if num_gt == 0:  # no positive: the focal sum is divided by the 2 images, not clamped to 1
+        l2 = tiny("paa", ["model.offset=0.0"]).train()(imgs, targets)  # same weights (seed 0)
+        torch.testing.assert_close(losses["loss_cls"] * 2, l2["loss_cls"])

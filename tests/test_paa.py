@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import load_fixture
 
-from assigndet.assign.max_iou import max_iou_match
+from assigndet.assign.max_iou import max_iou_match, max_iou_match_mmdet
 from assigndet.assign.paa import (
     gmm_fit,
     paa_anchor_scores,
@@ -398,6 +398,87 @@ def test_max_iou_match_semantics():
     assert max_iou_match(iou3, 0.1, 0.1, allow_low_quality=True).tolist() == [0, 0, 0]
     assert max_iou_match(torch.zeros(0, 3), 0.1, 0.1, True).tolist() == [-1, -1, -1]
     assert max_iou_match(torch.zeros(2, 0), 0.1, 0.1, True).tolist() == []
+
+
+def _mmdet_assigner_loop(iou, pos_thr, neg_thr, min_pos_iou, gt_max_assign_all):
+    """mmdetection's MaxIoUAssigner.assign_wrt_overlaps, transcribed from its documented steps as a
+    loop over GTs (1-based inside, as mmdetection): -1 ignore, 0 background, i + 1 GT i."""
+    G, A = iou.shape
+    assigned = [-1] * A
+    for a in range(A):
+        col = iou[:, a].tolist()
+        best = max(col)
+        arg = col.index(best)
+        if 0 <= best < neg_thr:
+            assigned[a] = 0
+        if best >= pos_thr:
+            assigned[a] = arg + 1
+    for i in range(G):
+        row = iou[i].tolist()
+        gmax = max(row)
+        if gmax >= min_pos_iou:
+            if gt_max_assign_all:
+                for a in range(A):
+                    if row[a] == gmax:
+                        assigned[a] = i + 1
+            else:
+                assigned[row.index(gmax)] = i + 1
+    return [{-1: -2, 0: -1}.get(v, v - 1) for v in assigned]
+
+
+@pytest.mark.parametrize("assign_all", [True, False])
+def test_max_iou_match_mmdet_equals_the_assigner_loop(assign_all):
+    g = torch.Generator().manual_seed(5)
+    for trial in range(30):
+        G, A = int(torch.randint(1, 6, (1,), generator=g)), int(torch.randint(1, 40, (1,), generator=g))
+        iou = (torch.rand(G, A, generator=g) * 0.6).round(decimals=1)  # many exact ties, some zeros
+        if trial % 5 == 0:
+            iou[-1] = 0.0  # a GT overlapping nothing: with min_pos_iou=0 it takes every IoU-0 anchor
+        for pos_thr, neg_thr in ((0.1, 0.1), (0.4, 0.2)):
+            got = max_iou_match_mmdet(iou, pos_thr, neg_thr, min_pos_iou=0.0, gt_max_assign_all=assign_all)
+            assert got.tolist() == _mmdet_assigner_loop(iou, pos_thr, neg_thr, 0.0, assign_all), (trial, iou)
+
+
+def test_mmdet_step_a_differs_from_maskrcnn_benchmark():
+    # anchor 0 is GT 0's best anchor but prefers GT 1: maskrcnn-benchmark gives it to GT 1 (its own
+    # argmax), mmdetection to GT 0 (the GT being processed); GT 1's best anchor is anchor 1
+    iou = torch.tensor([[0.05, 0.0, 0.01], [0.08, 0.3, 0.0]])
+    assert max_iou_match(iou, 0.1, 0.1, allow_low_quality=True).tolist() == [1, 1, -1]
+    assert max_iou_match_mmdet(iou, 0.1, 0.1).tolist() == [0, 1, -1]
+    # ties between GTs of one anchor: the later GT overwrites
+    iou = torch.tensor([[0.5, 0.2], [0.5, 0.1]])
+    assert max_iou_match_mmdet(iou, 0.1, 0.1).tolist() == [1, 0]
+    assert max_iou_match_mmdet(torch.zeros(0, 3), 0.1, 0.1).tolist() == [-1, -1, -1]
+    assert max_iou_match_mmdet(torch.zeros(2, 0), 0.1, 0.1).tolist() == []
+
+
+def test_mmdet_variant_uses_its_step_a_and_giou_weight():
+    anchors, counts, gt, labels, matched, logits, deltas = _synthetic_image(3, 6)
+    m_orig = paa_first_stage_match(anchors, gt, offset=0.0)
+    m_mm = paa_first_stage_match(anchors, gt, offset=0.0, rule="mmdet")
+    from assigndet.boxes import box_iou
+
+    ref = max_iou_match_mmdet(box_iou(gt, anchors, offset=0.0), 0.1, 0.1)
+    assert torch.equal(m_mm, ref)
+    s1 = paa_anchor_scores(anchors, logits, deltas, m_orig, gt, labels, offset=0.0)
+    s13 = paa_anchor_scores(anchors, logits, deltas, m_orig, gt, labels, offset=0.0, loc_weight=1.3,
+                            encode_targets=False)
+    pos = m_orig >= 0
+    assert pos.any()
+    # the focal part is the same; the GIoU part scales by 1.3 (the GT box vs decode(encode(GT)): float noise)
+    torch.testing.assert_close(s13[pos] - s1[pos], 0.3 * (s1[pos] - _focal_part(logits, labels, m_orig)[pos]),
+                               rtol=1e-4, atol=1e-4)
+    # the whole assignment with variant="mmdet" runs step A by mmdetection's rule
+    out = paa_assign(anchors, counts, gt, labels, logits, deltas, offset=0.0, variant="mmdet")
+    assert ((out == -1) | (m_mm == out)).all()  # positives keep their step-A GT
+
+
+def _focal_part(logits, labels, matched):
+    p = logits.sigmoid().double()
+    t = torch.where(matched >= 0, labels[matched.clamp(min=0)], -1)
+    onehot = torch.nn.functional.one_hot(t.clamp(min=0), logits.shape[1]).bool() & (t >= 0)[:, None]
+    focal = torch.where(onehot, -0.25 * (1 - p) ** 2 * p.log(), -0.75 * p**2 * (1 - p).log())
+    return torch.where((matched >= -1)[:, None], focal, 0.0).sum(1).to(logits.dtype)
 
 
 def test_paa_anchor_scores_against_naive_formula():

@@ -171,7 +171,7 @@ class ModelConfig:
     quality_loss_weight: float = 1.0
     # PAA
     paa_iou_threshold: float = 0.1
-    paa_variant: str = "original"  # "original" | "mmdet" | "minimal" (PAA_minimal's cut, SPEC §3.7)
+    paa_variant: str = "original"  # "original" | "mmdet" (mmdetection's port: step A, GIoU 1.3 scores, cut, cls normaliser) | "minimal" (PAA_minimal's cut, SPEC §3.7)
     loss_normalizer: str = "global"  # "global": N_pos etc. averaged over processes; "local": per process
     # inference
     score_thresh: float = 0.05

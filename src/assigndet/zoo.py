@@ -183,6 +183,7 @@ def mmdet(method: str, backbone: str, epochs: int, steps: tuple[int, int], multi
         model.reg_loss_weight = 1.3
         model.quality_loss_weight = 0.5
         model.paa_variant = "mmdet"
+        model.loss_normalizer = "local"  # mmdetection's PAA head normalises per GPU (no all-reduce)
         model.score_voting = True
     it = MMDET_ITERS_PER_EPOCH
     solver = SolverConfig(max_iter=epochs * it, steps=[steps[0] * it, steps[1] * it], bias_lr_factor=1.0,

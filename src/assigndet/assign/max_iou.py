@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["BELOW_LOW_THRESHOLD", "BETWEEN_THRESHOLDS", "max_iou_match"]
+__all__ = ["BELOW_LOW_THRESHOLD", "BETWEEN_THRESHOLDS", "max_iou_match", "max_iou_match_mmdet"]
 
 #: Match value of an anchor whose best IoU is below ``low`` (background).
 BELOW_LOW_THRESHOLD = -1
@@ -53,4 +53,49 @@ def max_iou_match(
         gt_best = iou.max(dim=1).values  # (G,)
         rescued = (iou == gt_best[:, None]).any(dim=0)  # (A,)
         matches = torch.where(rescued, best_gt, matches)
+    return matches
+
+
+@torch.no_grad()
+def max_iou_match_mmdet(
+    iou: Tensor,
+    pos_iou_thr: float,
+    neg_iou_thr: float,
+    *,
+    min_pos_iou: float = 0.0,
+    match_low_quality: bool = True,
+    gt_max_assign_all: bool = True,
+) -> Tensor:
+    """mmdetection's ``MaxIoUAssigner`` (SPEC §6, PAA step A of its port), vectorised.
+
+    1. Best GT of each anchor (first index on ties); best IoU in [0, ``neg_iou_thr``) -> ``-1``;
+       >= ``pos_iou_thr`` -> that GT; otherwise ``-2`` (ignore).
+    2. ``match_low_quality``: GTs are visited in index order and every GT whose best IoU is
+       >= ``min_pos_iou`` takes the anchors attaining it (all of them with ``gt_max_assign_all``,
+       else the first), **overwriting** earlier assignments — so an anchor goes to the *last* GT it
+       is a best anchor of, which need not be its own argmax GT (unlike :func:`max_iou_match`).
+       With ``min_pos_iou=0`` a GT whose best IoU is 0 takes every anchor with IoU 0 to it.
+
+    Args:
+        iou: (G, A) IoU matrix.
+    Returns:
+        (A,) int64 GT index, ``-1`` background, ``-2`` ignore.
+    """
+    G, A = iou.shape
+    if G == 0:
+        return torch.full((A,), BELOW_LOW_THRESHOLD, dtype=torch.int64, device=iou.device)
+    best_iou, best_gt = iou.max(dim=0)  # (A,), (A,)
+    matches = torch.full((A,), BETWEEN_THRESHOLDS, dtype=torch.int64, device=iou.device)
+    matches = torch.where((best_iou >= 0) & (best_iou < neg_iou_thr), BELOW_LOW_THRESHOLD, matches)
+    matches = torch.where(best_iou >= pos_iou_thr, best_gt, matches)
+    if match_low_quality and A > 0:
+        gt_best, gt_first = iou.max(dim=1)  # (G,)
+        eligible = gt_best >= min_pos_iou  # (G,)
+        if gt_max_assign_all:
+            takes = (iou == gt_best[:, None]) & eligible[:, None]  # (G, A)
+        else:
+            takes = torch.zeros_like(iou, dtype=torch.bool)
+            takes[torch.arange(G, device=iou.device), gt_first] = eligible
+        last = (G - 1) - takes.flip(0).to(torch.uint8).argmax(dim=0)  # (A,) the last GT taking the anchor
+        matches = torch.where(takes.any(dim=0), last, matches)
     return matches

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from assigndet.assign.max_iou import max_iou_match
+from assigndet.assign.max_iou import max_iou_match, max_iou_match_mmdet
 from assigndet.boxes import BoxCoder, box_iou, giou_loss
 
 __all__ = [
@@ -48,6 +48,8 @@ __all__ = [
 
 #: Loc score of anchors that are not Step-A positives (the reference's ``INF``).
 PAA_INF_SCORE = 1e8
+#: mmdetection's PAA scores anchors with its configured GIoU loss weight (the original with 1).
+MMDET_ANCHOR_SCORE_GIOU_WEIGHT = 1.3
 #: Focal-loss hyper-parameters of the anchor score (SPEC §3.2 B).
 FOCAL_ALPHA = 0.25
 FOCAL_GAMMA = 2.0
@@ -502,13 +504,17 @@ def paa_anchor_scores(
     gt_labels: Tensor,
     *,
     offset: float = 1.0,
+    loc_weight: float = 1.0,
+    encode_targets: bool = True,
 ) -> Tensor:
     """Step B of PAA (SPEC §3.2, trap 10): the score of every anchor (lower = better).
 
     score = Σ_c focal(cls_logits, step-A label) + (1 − GIoU(decoded prediction, decoded step-A
     target)) for step-A positives, + 1e8 for the others. The step-A label of an anchor is the
     class of its matched GT (background when unmatched). The target goes through the coder
-    (decode(encode(gt))) as in the reference; GIoU has no +1; weight 1.
+    (decode(encode(gt))) as in the reference; GIoU has no +1; weight 1. mmdetection's port
+    (SPEC §6): ``loc_weight=1.3`` (its configured GIoU weight) and ``encode_targets=False`` (the GT
+    box itself, ``reg_decoded_bbox``).
 
     Works for one image or a whole batch: leading dimensions are flattened.
 
@@ -541,8 +547,10 @@ def paa_anchor_scores(
         coder = BoxCoder(offset=offset)
         a = anchors[pos]  # (P, 4)
         pred = coder.decode(deltas[pos], a)  # (P, 4)
-        target = coder.decode(coder.encode(gt_boxes[matched[pos]].to(a.dtype), a), a)  # (P, 4)
-        loc[pos] = giou_loss(pred, target).to(loc.dtype)
+        target = gt_boxes[matched[pos]].to(a.dtype)  # (P, 4)
+        if encode_targets:
+            target = coder.decode(coder.encode(target, a), a)
+        loc[pos] = (giou_loss(pred, target) * loc_weight).to(loc.dtype)
     return (cls + loc).view(shape)
 
 
@@ -553,17 +561,24 @@ def paa_first_stage_match(
     *,
     iou_threshold: float = 0.1,
     offset: float = 1.0,
+    rule: str = "mrcnn",
 ) -> Tensor:
-    """Step A of PAA: IoU match at ``iou_threshold`` (high = low, no ignore band) with
-    maskrcnn-benchmark's low-quality rescue (to the anchor's own argmax GT) -> (A,) int64, -1
-    unmatched. The (G, A) IoU matrix is built in blocks of GTs to bound the temporaries.
+    """Step A of PAA: IoU match at ``iou_threshold`` (high = low, no ignore band) -> (A,) int64,
+    -1 unmatched. ``rule="mrcnn"``: maskrcnn-benchmark's low-quality rescue (to the anchor's own
+    argmax GT); ``"mmdet"``: mmdetection's ``MaxIoUAssigner(min_pos_iou=0, gt_max_assign_all=True)``
+    (the best anchors of a GT go to that GT, later GTs overwriting earlier ones, SPEC §6). The
+    (G, A) IoU matrix is built in blocks of GTs to bound the temporaries.
     """
+    if rule not in ("mrcnn", "mmdet"):
+        raise ValueError(f"rule must be 'mrcnn' or 'mmdet', got {rule!r}")
     if len(gt_boxes) == 0:
         return torch.full((len(anchors),), -1, dtype=torch.int64, device=anchors.device)
     gt_boxes = gt_boxes.to(anchors.dtype)
     iou = anchors.new_empty(len(gt_boxes), len(anchors))  # (G, A)
     for i in range(0, len(gt_boxes), _IOU_CHUNK):  # blocks of GTs, not a loop per GT
         iou[i : i + _IOU_CHUNK] = box_iou(gt_boxes[i : i + _IOU_CHUNK], anchors, offset=offset)
+    if rule == "mmdet":
+        return max_iou_match_mmdet(iou, iou_threshold, iou_threshold, min_pos_iou=0.0)
     return max_iou_match(iou, iou_threshold, iou_threshold, allow_low_quality=True)
 
 
@@ -592,8 +607,9 @@ def paa_assign(
         anchors: (A, 4); num_anchors_per_level: L counts; gt_boxes (G, 4); gt_labels (G,) 0-based;
         cls_logits (A, C) raw; box_regression (A, 4) coder deltas.
         offset: pixel convention of the step-A IoU and the coder (1 = original).
-        variant: the rule of steps C–D only (see :func:`paa_partition`); steps A–B stay the
-            original's (mmdetection's step A and 1.3 GIoU weight are not reproduced).
+        variant: ``"original"``, ``"minimal"`` (PAA_minimal: its cut in steps C–D) or ``"mmdet"``
+            (mmdetection's port in every step: its ``MaxIoUAssigner`` in step A, GIoU weight 1.3
+            on the GT box itself in step B, its cut in steps C–D; SPEC §6).
     Returns:
         (A,) int64 GT index of each positive anchor, -1 background.
     """
@@ -636,14 +652,17 @@ def paa_assign_batch(
     matched = torch.zeros(B, A, dtype=torch.int64, device=device)  # (B, A) per-image indices
     for b in range(B):
         matched[b] = paa_first_stage_match(
-            anchors_b[b], gt_boxes[b], iou_threshold=iou_threshold, offset=offset
+            anchors_b[b], gt_boxes[b], iou_threshold=iou_threshold, offset=offset,
+            rule="mmdet" if variant == "mmdet" else "mrcnn",
         )
     # B. the whole batch at once, GT indices into the concatenated GTs
     matched_global, _ = _to_global(matched, num_gts)  # (B, A)
     all_boxes = torch.cat(list(gt_boxes)) if B else anchors.new_zeros(0, 4)  # (M, 4)
     all_labels = torch.cat(list(gt_labels)).long() if B else matched.new_zeros(0)  # (M,)
+    mm = variant == "mmdet"
     scores = paa_anchor_scores(
-        anchors_b, cls_logits, box_regression, matched_global, all_boxes, all_labels, offset=offset
+        anchors_b, cls_logits, box_regression, matched_global, all_boxes, all_labels, offset=offset,
+        loc_weight=MMDET_ANCHOR_SCORE_GIOU_WEIGHT if mm else 1.0, encode_targets=not mm,
     )  # (B, A)
     # C–D. one candidate selection and one GMM call for the batch
     return paa_partition_batch(

@@ -35,8 +35,9 @@ class PAA(DenseDetector):
         # "local": per-process normalisers (PAA_minimal, SPEC §3.7); "global": averaged over processes
         mean = reduce_mean if c.loss_normalizer == "global" else (lambda x: x)
         n_pos = mean(pos.sum().to(logits.dtype)).clamp(min=1.0)
+        n_cls = n_pos.clamp(min=float(B)) if c.paa_variant == "mmdet" else n_pos  # mmdetection: max(#pos, #images)
         loss_cls = focal_loss_sum(logits.reshape(B * A, C), labels.reshape(-1), alpha=c.focal_alpha,
-                                  gamma=c.focal_gamma) / n_pos
+                                  gamma=c.focal_gamma) / n_cls
         anchors_pos = anchors.expand(B, A, 4)[pos]  # (P, 4)
         pred_boxes = self.coder.decode(deltas[pos], anchors_pos)  # (P, 4)
         target_boxes = self.coder.decode(self.coder.encode(gt_boxes[pos], anchors_pos), anchors_pos)  # (P, 4)
