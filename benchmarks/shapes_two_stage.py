@@ -4,12 +4,13 @@ AP50/60/70/80/90: Faster R-CNN, + PAA RPN, and the IoU-Net ablation rows.
     python benchmarks/shapes_two_stage.py --data data/shapes --out runs/shapes_two_stage
     python benchmarks/shapes_two_stage.py --presets faster_rcnn_R_18_shapes     # a subset
     python benchmarks/shapes_two_stage.py solver.max_iter=300 solver.steps=[200,260]   # overrides
-    python benchmarks/shapes_two_stage.py model.rcnn.iounet.detach_features=true --presets iounet_R_18_shapes
-        # (overrides go before --presets, which takes every name after it)
+    python benchmarks/shapes_two_stage.py --out runs/w5 model.rcnn.iounet.loss_weight=5 --presets iounet_R_18_shapes
+        # the reference's IoU loss weight (overrides go before --presets, which takes every name after it)
     python benchmarks/shapes_two_stage.py --threads 1     # a busy shared CPU
 
-The IoU-Net is trained once (paper-faithful settings: SmoothL1 IoU loss) and evaluated from the same
-weights with the test-time switches of the published ablation: IoU head unused (plain Faster R-CNN
+The IoU-Net is trained once (SmoothL1 IoU loss as the paper, weighted 1 on this small model) and
+evaluated from the same weights with the test-time switches of the published ablation: IoU head
+unused (plain Faster R-CNN
 post-processing, PrRoIPool box head); + IoU-guided NMS; + refinement (lambda 0.5); and the improved
 test-time settings (rank by cls x IoU, lambda 2). A finished run (``model_final.safetensors``
 present) is not trained again. Prints a Markdown table and writes ``results.json`` into --out.

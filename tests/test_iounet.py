@@ -372,6 +372,7 @@ def test_iounet_presets():
     assert (h.fc1.in_features, h.fc1.out_features, h.fc2.out_features, h.fc_iou.out_features) == (12544, 1024, 1024, 80)
     small = assigndet.build_detector("iounet_R_18_shapes")
     assert small.roi_heads.iou_head.fc_iou.out_features == 7
+    assert small.roi_heads.icfg.loss_weight == 1.0 and not small.roi_heads.icfg.detach_features
     with pytest.raises(ValueError, match="prroi"):
         build_model(load_config("iounet_R_18_shapes", ["model.rcnn.roi_pool=roi_align"]).model)
 

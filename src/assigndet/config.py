@@ -88,8 +88,7 @@ class IoUNetConfig:
     start_bin: int = 5  # IoU bins start_bin..9 (IoU >= 0.5) are sampled
     sample_num: int = 1000  # RoIs per image
     pos_iou_thresh: float = 0.5  # MaxIoU assignment of the generated RoIs; only positives are kept
-    # not in the reference: the IoU loss does not back-propagate into the FPN/backbone (helps small
-    # from-scratch models, whose shared features the IoU loss otherwise degrades)
+    # not in the reference: the IoU loss trains the IoU head only, not the FPN/backbone
     detach_features: bool = False
     # inference (the ablation switches)
     test_iou_head: bool = True  # False: IoU head unused at test (plain Faster R-CNN post-processing)
