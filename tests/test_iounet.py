@@ -102,7 +102,7 @@ def test_iou_head_loss_types():
 
 @pytest.mark.parametrize("loss", ["smoothl1", "bce"])
 def test_iou_loss_positives_only_class_column_weight_5(loss, monkeypatch):
-    m = tiny([f"model.rcnn.iounet.loss={loss}"]).train()
+    m = tiny([f"model.rcnn.iounet.loss={loss}", "model.rcnn.iounet.loss_weight=5"]).train()  # the reference's
     h = m.roi_heads
     gt = torch.tensor([[10.0, 10.0, 50.0, 50.0], [40.0, 5.0, 60.0, 60.0]])
     rois = torch.tensor([[10.0, 10.0, 50.0, 50.0], [12.0, 10.0, 50.0, 52.0], [40.0, 10.0, 60.0, 58.0],
