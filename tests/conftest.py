@@ -9,6 +9,41 @@ FIXTURES = Path(os.environ.get("ASSIGNDET_FIXTURES", Path(__file__).resolve().pa
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    tiny tensors and models run fastest so on a shared 2-core CPU, where idle OpenMP workers
+    spinning on the other core slow them several times."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+#: Small test inputs for the published-model presets (their ``*_ms_test`` TTA with one small scale).
+SMALL_PRESET_OVERRIDES = ["model.input.min_size_test=64", "model.input.max_size_test=96", "model.tta.scales=[48]",
+                          "model.tta.scale_ranges=[[0,10000]]"]
+
+
+def check_preset_runs(name: str) -> None:
+    """Build preset ``name`` at a 64-pixel test size and check its detections on a 60x80 uint8 image."""
+    import assigndet
+
+    torch.manual_seed(0)
+    model = assigndet.build_detector(name, overrides=SMALL_PRESET_OVERRIDES).eval()
+    image = torch.randint(0, 255, (3, 60, 80), dtype=torch.uint8)
+    with torch.no_grad():
+        out = model([image])
+    assert len(out) == 1 and set(out[0]) == {"boxes", "scores", "labels"}
+    d = out[0]
+    assert d["boxes"].shape[1] == 4 and d["labels"].dtype == torch.int64
+    if len(d["boxes"]):
+        # inside the image (mmdetection clips in resized pixels, then divides by the scale: float slack)
+        assert (d["boxes"][:, 2] <= 80 + 1e-3).all() and (d["boxes"][:, 3] <= 60 + 1e-3).all()
+        assert (d["boxes"] >= 0).all()
+        assert d["labels"].max() < 80
+
+
 def load_fixture(name: str):
     path = FIXTURES / name
     if not path.exists():

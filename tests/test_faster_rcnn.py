@@ -12,14 +12,7 @@ from assigndet.detectors import TargetError, build_model
 from assigndet.detectors.faster_rcnn import FasterRCNN
 from assigndet.detectors.rcnn_parts import RPN, LevelRoIAlign, paa_proposal_logit, rpn_match
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models run fastest on one thread; on a shared CPU, idle OpenMP workers spinning on the
-    other cores make them several times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 #: a tiny two-stage model: R-18 of width 8, FPN 16 channels, 64-96 px inputs, few RoIs

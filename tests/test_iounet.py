@@ -19,14 +19,7 @@ from assigndet.postprocess.iou_nms import refine_boxes
 from test_faster_rcnn import TINY, check_eval_output, images_and_targets
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models run fastest on one thread; on a shared CPU, idle OpenMP workers spinning on the
-    other cores make them several times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(overrides=()):

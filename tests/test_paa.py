@@ -27,14 +27,9 @@ skm = pytest.importorskip("sklearn.mixture")
 STRIDES = (8, 16, 32, 64, 128)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # these tensors are small: on a shared 2-core machine a second intra-op thread only adds
-    # contention (the 500-GT case runs ~5x slower with 2 threads under load)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# small tensors: a second intra-op thread only adds contention on a shared 2-core machine (the
+# 500-GT case ran ~5x slower with 2 threads under load)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,7 +477,6 @@ def _focal_part(logits, labels, matched):
 
 
 def test_paa_anchor_scores_against_naive_formula():
-    g = torch.Generator().manual_seed(3)
     anchors, counts, gt, labels, matched, logits, deltas = _synthetic_image(3, 6)
     matched = matched.clone()
     matched[:7] = -2  # ignore: no focal term

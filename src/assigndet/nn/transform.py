@@ -6,7 +6,6 @@ import warnings
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
