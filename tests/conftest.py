@@ -1,10 +1,10 @@
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-FIXTURES = Path(os.environ.get("ASSIGNDET_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
+#: The reference fixtures (outputs of the original implementations), vendored with the tests.
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -45,9 +45,11 @@ def check_preset_runs(name: str) -> None:
 
 
 def load_fixture(name: str):
+    """A reference fixture; a missing one fails the test (a fidelity test never skips)."""
     path = FIXTURES / name
-    if not path.exists():
-        pytest.skip(f"fixture {path} not available")
+    if not path.is_file():
+        pytest.fail(f"reference fixture {path} is missing: the fidelity tests need tests/fixtures/ "
+                    "(see tests/fixtures/README.md)", pytrace=False)
     return torch.load(path, weights_only=True)
 
 
