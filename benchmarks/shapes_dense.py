@@ -19,7 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from assigndet.checkpoints import load_weights  # noqa: E402
-from assigndet.config import load_config  # noqa: E402
+from assigndet.presets import load_config  # noqa: E402
 from assigndet.data import generate_shapes  # noqa: E402
 from assigndet.detectors import build_model  # noqa: E402
 from assigndet.engine import evaluate, train  # noqa: E402

@@ -1,24 +1,31 @@
-"""Typed configuration: dataclass schemas, the ``PRESETS`` registry and ``key=value`` overrides.
+"""Typed configuration schemas: one dataclass per section, one model config per architecture.
 
-A preset is a plain function returning a :class:`Config`; presets are named after the model
-tables of the original papers (``atss_R_50_FPN_1x``) plus small presets for the embedded
-"shapes" dataset. Overrides are parsed and type-checked by OmegaConf against the dataclasses.
+Every named choice is an enum of :mod:`assigndet.variants`, so OmegaConf checks it when a config
+is built (``model.paa_variant=bogus`` fails there with the valid spellings) and the code below
+compares it by identity. The model config of each architecture carries only its own fields:
+:class:`ModelConfig` holds what every detector has, :class:`DenseFields` what the dense
+detectors (ATSS, PAA, Dynamic ATSS) add, :class:`PAAFields` what PAA adds; the two-stage
+detectors add their ``rcnn`` section (with ``rcnn.iounet`` for IoU-Net only).
+
+The presets (named configs) are in :mod:`assigndet.presets`; this module knows none of them.
+``key=value`` overrides (:func:`apply_overrides`) are parsed and type-checked by OmegaConf against
+these dataclasses; ``model.arch=X`` switches the model section to architecture X first.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .errors import ConfigError
+from .variants import (AMP, Arch, BackboneStyle, HeadNorm, IoULoss, IoURank, LossNormalizer, LowQuality, Norm,
+                       PAAVariant, Postprocess, ResizeRule, RoIPool, TTAMerge, Convention, Warmup)
+
 #: maskrcnn-benchmark / Detectron caffe2 pixel mean, BGR order, 0..255 scale.
 CAFFE2_PIXEL_MEAN = (102.9801, 115.9465, 122.7717)
-
-
-class ConfigError(ValueError):
-    """A bad preset name, override key or value."""
 
 
 @dataclass
@@ -26,8 +33,8 @@ class BackboneConfig:
     depth: int = 50  # 18, 34, 50, 101, 152
     groups: int = 1  # ResNeXt cardinality (32 or 64)
     width_per_group: int = 64  # ResNeXt: 8 or 4
-    style: str = "caffe2"  # "caffe2": stride in the 1x1 conv; "pytorch": stride in the 3x3 conv
-    norm: str = "frozen_bn"  # "frozen_bn" | "bn" | "gn"
+    style: BackboneStyle = BackboneStyle.caffe2  # "caffe2": stride in the 1x1 conv; "pytorch": stride in the 3x3 conv
+    norm: Norm = Norm.frozen_bn
     frozen_bn_eps: float = 0.0  # 0 = the original's FrozenBN; torchvision uses 1e-5
     freeze_at: int = 2  # 0: nothing frozen; 1: stem; 2: stem + layer1 (FREEZE_CONV_BODY_AT)
     weights: Optional[str] = None  # torchvision weight enum ("IMAGENET1K_V1") or a local file
@@ -49,7 +56,7 @@ class InputConfig:
     # "mrcnn": short side S, long side truncated (maskrcnn-benchmark); "minimal": int(scale * side)
     # with scale = min(S / short, max / long) (PAA_minimal); "mmdet": the same scale, rounded to
     # nearest and resized like OpenCV (bilinear, no antialias)
-    resize_rule: str = "mrcnn"
+    resize_rule: ResizeRule = ResizeRule.mrcnn
 
 
 @dataclass
@@ -68,16 +75,16 @@ class TTAConfig:
     scale_hflip: bool = True
     vote: bool = True  # per-run NMS/top-k (+ score voting), then the vote merge
     vote_thresh: float = 0.66
-    merge: str = "soft-vote"  # "soft-vote" | "vote" (only with vote=True)
+    merge: TTAMerge = TTAMerge["soft-vote"]  # only with vote=True
     detections_per_img: int = 1000  # the merged result keeps PRE_NMS_TOP_N detections, not 100
 
 
 @dataclass
 class IoUNetConfig:
-    """IoU-Net's IoU branch (SPEC §5.2-5.3); used by ``model.arch=iounet``."""
+    """IoU-Net's IoU branch (SPEC §5.2-5.3)."""
 
     head_dim: int = 1024  # IoU head: 256*7*7 -> head_dim -> head_dim -> C (class-aware)
-    loss: str = "smoothl1"  # "smoothl1": SmoothL1(beta 1) on (u - 0.5) / 0.5 (paper) | "bce": BCE on u
+    loss: IoULoss = IoULoss.smoothl1  # SmoothL1(beta 1) on (u - 0.5) / 0.5 (paper) | BCE on u
     loss_weight: float = 5.0
     # IoU-balanced RoI generator (training only)
     pre_sample: int = 4000  # deltas kept per IoU bin at construction
@@ -93,7 +100,7 @@ class IoUNetConfig:
     # inference (the ablation switches)
     test_iou_head: bool = True  # False: IoU head unused at test (plain Faster R-CNN post-processing)
     iou_nms: bool = True  # False: plain NMS ranked by the class score (rank_by "score")
-    rank_by: str = "iou"  # "iou" (paper, guide "rank") | "score_iou" (improved, guide "weight") | "score"
+    rank_by: IoURank = IoURank.iou  # iou (paper, guide "rank") | score_iou (improved, guide "weight") | score
     refine: bool = True  # optimisation-based refinement of the first pre_refine kept boxes
     pre_refine: int = 100
     steps: int = 5  # T
@@ -106,7 +113,7 @@ class IoUNetConfig:
 @dataclass
 class RCNNConfig:
     """Faster R-CNN R-50-FPN (mmdetection v2.14 conventions, SPEC §5.1), PAA in the RPN (§3.6) and
-    IoU-Net (§5.2); used by ``model.arch`` = ``faster_rcnn`` | ``iounet``. Final-detection settings
+    IoU-Net (§5.2). Final-detection settings
     are ``model.score_thresh``, ``model.nms_thresh`` and ``model.detections_per_img``."""
 
     norm_eval: bool = True  # backbone BatchNorm layers stay in eval mode (mmdetection norm_eval)
@@ -117,8 +124,7 @@ class RCNNConfig:
     rpn_strides: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64])
     rpn_fg_iou_thresh: float = 0.7
     rpn_bg_iou_thresh: float = 0.3
-    rpn_low_quality: str = "mmdet"  # "mmdet": best anchors of a GT (IoU >= bg thresh) go to that GT;
-    # "detectron2": best anchors of a GT (any IoU) are positive with their own argmax GT
+    rpn_low_quality: LowQuality = LowQuality.mmdet
     rpn_batch_size_per_image: int = 256
     rpn_positive_fraction: float = 0.5
     rpn_pre_nms_top_n_train: int = 2000  # per level
@@ -131,7 +137,7 @@ class RCNNConfig:
     rpn_paa_iou_threshold: float = 0.1
     rpn_paa_topk: int = 9
     # RoI head
-    roi_pool: str = "roi_align"  # "roi_align" (RoIAlign aligned, P2-P5) | "prroi" (Precise RoI Pooling)
+    roi_pool: RoIPool = RoIPool.roi_align  # RoIAlign (aligned, P2-P5) | Precise RoI Pooling
     roi_output_size: int = 7
     roi_sampling_ratio: int = 0
     box_head_dim: int = 1024
@@ -140,52 +146,136 @@ class RCNNConfig:
     box_fg_iou_thresh: float = 0.5
     box_bg_iou_thresh: float = 0.5
     box_reg_weights: list[float] = field(default_factory=lambda: [10.0, 10.0, 5.0, 5.0])
+
+
+@dataclass
+class IoUNetRCNNConfig(RCNNConfig):
+    """The R-CNN settings of IoU-Net: Faster R-CNN's plus its IoU branch (``model.rcnn.iounet``)."""
+
     iounet: IoUNetConfig = field(default_factory=IoUNetConfig)
 
 
 @dataclass
 class ModelConfig:
-    arch: str = "atss"  # atss | paa | dynamic_atss
+    """What every detector has. Use one of the per-architecture classes below (``MODEL_CONFIGS``)."""
+
+    arch: Arch = Arch.atss
     num_classes: int = 80
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     input: InputConfig = field(default_factory=InputConfig)
     fpn_channels: int = 256
+    offset: float = 1.0  # +1 pixel convention (1.0 original, 0.0 modern)
+    # inference
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.6
+    detections_per_img: int = 100
+    # fine-tuning: load a checkpoint trained for another class count; the classifier keeps its
+    # fresh initialisation (logged) instead of failing on the shape mismatch
+    reinit_classifier: bool = False
+
+    def __post_init__(self) -> None:
+        own = ARCH_OF.get(type(self))
+        if own is not None and self.arch is not own:
+            raise ConfigError(f"model.arch={self.arch} does not fit a {type(self).__name__} (arch {own}); "
+                              "switch architectures with the override model.arch=NAME")
+
+
+@dataclass
+class DenseFields:
+    """The dense detectors' fields (backbone + FPN P3-P7 + head + anchors)."""
+
     fpn_relu_before_p7: bool = True  # original: P7 = conv(ReLU(P6)); mmdetection: no ReLU
     head_convs: int = 4
     head_conv_bias: bool = True
-    head_norm: str = "gn"  # "gn" | "none"
+    head_norm: HeadNorm = HeadNorm.gn
     head_dcn: bool = False  # modulated DCN v2 as the last conv of each tower (USE_DCN_IN_TOWER)
     prior_prob: float = 0.01
     anchor_sizes: list[float] = field(default_factory=lambda: [64.0, 128.0, 256.0, 512.0, 1024.0])
     anchor_strides: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
     anchor_aspect_ratios: list[float] = field(default_factory=lambda: [1.0])
     anchor_scales_per_octave: int = 1
-    anchor_style: str = "mrcnn"  # "mrcnn": centre s/2, inclusive widths; "mmdet": centre 0
-    offset: float = 1.0  # +1 pixel convention (1.0 original, 0.0 modern)
+    anchor_style: Convention = Convention.mrcnn  # mrcnn: centre s/2, inclusive widths; mmdet: centre 0
     coder_symmetric_clamp: bool = False  # mmdetection clamps |dw|, |dh| <= ln(1000/16); the original only above
     topk: int = 9
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     reg_loss_weight: float = 2.0
     quality_loss_weight: float = 1.0
-    # PAA
-    paa_iou_threshold: float = 0.1
-    paa_variant: str = "original"  # "original" | "mmdet" (mmdetection's port: step A, GIoU 1.3 scores, cut, cls normaliser) | "minimal" (PAA_minimal's cut, SPEC §3.7)
-    loss_normalizer: str = "global"  # "global": N_pos etc. averaged over processes; "local": per process
-    # inference
-    score_thresh: float = 0.05
+    loss_normalizer: LossNormalizer = LossNormalizer["global"]  # global: N_pos etc. averaged over processes
     pre_nms_top_n: int = 1000
-    nms_thresh: float = 0.6
-    detections_per_img: int = 100
     score_voting: bool = False
     score_voting_sigma: float = 0.025
-    postprocess: str = "original"  # "original" (SPEC §1.9) | "mmdet" (mmdetection's ATSS / PAA rules, SPEC §6)
-    # fine-tuning: load a checkpoint trained for another class count; the classifier keeps its
-    # fresh initialisation (logged) instead of failing on the shape mismatch
-    reinit_classifier: bool = False
+    postprocess: Postprocess = Postprocess.original  # original (SPEC §1.9) | mmdet (SPEC §6)
     tta: TTAConfig = field(default_factory=TTAConfig)
-    # two-stage detectors (faster_rcnn, iounet)
+
+
+@dataclass
+class PAAFields:
+    paa_iou_threshold: float = 0.1
+    # original | mmdet (mmdetection's port: step A, GIoU 1.3 scores, cut, cls normaliser) |
+    # minimal (PAA_minimal's cut, SPEC §3.7)
+    paa_variant: PAAVariant = PAAVariant.original
+
+
+@dataclass
+class ATSSModelConfig(DenseFields, ModelConfig):
+    arch: Arch = Arch.atss
+
+
+@dataclass
+class DynamicATSSModelConfig(DenseFields, ModelConfig):
+    arch: Arch = Arch.dynamic_atss
+
+
+@dataclass
+class PAAModelConfig(PAAFields, DenseFields, ModelConfig):
+    arch: Arch = Arch.paa
+
+
+@dataclass
+class FasterRCNNModelConfig(ModelConfig):
+    """Faster R-CNN (and PAA in its RPN); final-detection settings are the common
+    ``score_thresh``, ``nms_thresh`` and ``detections_per_img``."""
+
+    arch: Arch = Arch.faster_rcnn
     rcnn: RCNNConfig = field(default_factory=RCNNConfig)
+
+
+@dataclass
+class IoUNetModelConfig(ModelConfig):
+    arch: Arch = Arch.iounet
+    rcnn: IoUNetRCNNConfig = field(default_factory=IoUNetRCNNConfig)
+
+
+#: the model config class of each architecture
+MODEL_CONFIGS: dict[Arch, type[ModelConfig]] = {
+    Arch.atss: ATSSModelConfig, Arch.dynamic_atss: DynamicATSSModelConfig, Arch.paa: PAAModelConfig,
+    Arch.faster_rcnn: FasterRCNNModelConfig, Arch.iounet: IoUNetModelConfig}
+ARCH_OF: dict[type, Arch] = {cls: arch for arch, cls in MODEL_CONFIGS.items()}
+DENSE_ARCHS = (Arch.atss, Arch.paa, Arch.dynamic_atss)
+
+
+def model_config(arch: Arch | str, **fields) -> ModelConfig:
+    """The model config of architecture ``arch`` with ``fields`` set (the others default)."""
+    arch = Arch(arch)
+    return MODEL_CONFIGS[arch](arch=arch, **fields)
+
+
+def with_arch(model: ModelConfig, arch: Arch | str) -> ModelConfig:
+    """``model`` as architecture ``arch``: every field the two share is kept, the new ones default
+    (an ATSS config becomes the PAA config with the same backbone, input, anchors and losses)."""
+    arch = Arch(arch)
+    cls = MODEL_CONFIGS[arch]
+    shared = {f.name: getattr(model, f.name) for f in dataclasses.fields(cls)
+              if f.name != "arch" and hasattr(model, f.name)}
+    if arch is Arch.iounet and isinstance(shared.get("rcnn"), RCNNConfig) and \
+            not isinstance(shared["rcnn"], IoUNetRCNNConfig):
+        shared["rcnn"] = IoUNetRCNNConfig(**dataclasses.asdict(shared["rcnn"]))
+    if arch is Arch.faster_rcnn and isinstance(shared.get("rcnn"), IoUNetRCNNConfig):
+        rcnn = dataclasses.asdict(shared["rcnn"])
+        rcnn.pop("iounet")
+        shared["rcnn"] = RCNNConfig(**rcnn)
+    return cls(arch=arch, **shared)
 
 
 @dataclass
@@ -216,9 +306,9 @@ class SolverConfig:
     gamma: float = 0.1
     warmup_iters: int = 500
     warmup_factor: float = 1.0 / 3
-    warmup_method: str = "constant"  # "constant" | "linear"
+    warmup_method: Warmup = Warmup.constant
     clip_grad_norm: float = 0.0  # 0 = off
-    amp: str = "off"  # "off" | "bf16" | "fp16"
+    amp: AMP = AMP.off  # bf16 on CPU or CUDA, fp16 on CUDA
     checkpoint_period: int = 5000
     eval_period: int = 0  # 0 = only at the end
     log_period: int = 20
@@ -233,7 +323,7 @@ class TestConfig:
 
 @dataclass
 class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=ATSSModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     test: TestConfig = field(default_factory=TestConfig)
@@ -242,55 +332,64 @@ class Config:
     deterministic: bool = False
 
 
-PRESETS: dict[str, Callable[[], Config]] = {}
-PUBLISHED_AP: dict[str, Optional[float]] = {}
-
-
-def register(name: str, published_ap: Optional[float] = None):
-    def deco(fn: Callable[[], Config]) -> Callable[[], Config]:
-        PRESETS[name] = fn
-        PUBLISHED_AP[name] = published_ap
-        return fn
-
-    return deco
-
-
-def get_preset(name: str) -> Config:
-    from . import presets  # noqa: F401  (registers the presets)
-
-    if name not in PRESETS:
-        close = [p for p in PRESETS if name.lower() in p.lower()]
-        hint = f" Did you mean: {', '.join(close[:5])}?" if close else " Run `assigndet presets` to list them."
-        raise ConfigError(f"unknown preset {name!r}.{hint}")
-    return PRESETS[name]()
-
-
-def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
-    """Apply ``key=value`` overrides, type-checked against the schema."""
-    base = OmegaConf.structured(cfg)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        key, value = item.split("=", 1)
-        key = key.strip()
-        try:
-            OmegaConf.update(base, key, OmegaConf.create({"v": value}).v if value == "" else _parse(value), merge=True)
-        except OmegaConfBaseException as e:
-            msg = str(e).splitlines()[0]
-            raise ConfigError(f"bad override {item!r}: {msg}") from None
-    return OmegaConf.to_object(base)  # type: ignore[return-value]
+# ------------------------------------------------------------------------------------ overrides
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0]
 
 
 def _parse(value: str):
-    # OmegaConf's own YAML-ish parsing of a single value: lists "[1,2]", numbers, bools, null
+    """OmegaConf's own parsing of a single value: lists "[1,2]", numbers, bools, null, strings."""
+    if value == "":
+        return ""
     try:
-        return OmegaConf.create({"v": OmegaConf.from_dotlist([f"v={value}"]).v}).v
+        return OmegaConf.from_dotlist([f"v={value}"]).v
     except OmegaConfBaseException:
         return value
 
 
-def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    return apply_overrides(get_preset(preset), overrides)
+def _split(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    key, value = item.split("=", 1)
+    return key.strip(), value
+
+
+def _switch_arch(cfg: Config, overrides: list[str]) -> Config:
+    """Apply a ``model.arch=X`` override first: the model section becomes architecture X."""
+    for item in overrides:
+        key, value = _split(item)
+        if key == "model.arch":
+            try:
+                arch = Arch(str(_parse(value)))
+            except ValueError as e:
+                raise ConfigError(f"bad override {item!r}: {e}") from None
+            cfg = dataclasses.replace(cfg, model=with_arch(cfg.model, arch))
+    return cfg
+
+
+def _build(node, where: str) -> Config:
+    """The dataclass object of an OmegaConf node; schema errors become one-line ConfigErrors."""
+    try:
+        return OmegaConf.to_object(node)  # type: ignore[return-value]
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{where}: {_first_line(e)}") from None
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """Apply ``key=value`` overrides, type-checked against the schema."""
+    overrides = list(overrides)
+    base = OmegaConf.structured(_switch_arch(cfg, overrides))
+    for item in overrides:
+        key, value = _split(item)
+        if key == "model.arch":
+            continue
+        try:
+            OmegaConf.update(base, key, _parse(value), merge=True)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"bad override {item!r}: {_first_line(e)}") from None
+    return _build(base, "bad overrides " + " ".join(overrides) if overrides else "config")
 
 
 def config_to_yaml(cfg: Config) -> str:
@@ -298,16 +397,30 @@ def config_to_yaml(cfg: Config) -> str:
 
 
 def config_from_yaml(path: str) -> Config:
+    """A config saved by :func:`config_to_yaml` (``config.yaml`` beside the checkpoints)."""
     try:
         loaded = OmegaConf.load(path)
-    except Exception as e:  # noqa: BLE001
-        raise ConfigError(f"cannot read config file {path}: {e}") from None
-    base = OmegaConf.structured(Config())
+    except Exception as e:  # noqa: BLE001  (YAML and OS errors come in many types)
+        raise ConfigError(f"cannot read config file {path}: {_first_line(e)}") from None
+    arch = OmegaConf.select(loaded, "model.arch", default=Arch.atss.value)
     try:
-        return OmegaConf.to_object(OmegaConf.merge(base, loaded))  # type: ignore[return-value]
+        model_cls = MODEL_CONFIGS[Arch(str(arch))]
+    except ValueError as e:
+        raise ConfigError(f"{path}: model.arch: {e}") from None
+    base = OmegaConf.structured(Config(model=model_cls()))
+    try:
+        merged = OmegaConf.merge(base, loaded)
     except OmegaConfBaseException as e:
-        raise ConfigError(f"{path}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{path}: {_first_line(e)}") from None
+    return _build(merged, path)
 
 
 def replace(cfg, **kw):
     return dataclasses.replace(cfg, **kw)
+
+
+__all__ = ["ConfigError", "BackboneConfig", "InputConfig", "TTAConfig", "IoUNetConfig", "RCNNConfig",
+           "IoUNetRCNNConfig", "ModelConfig", "DenseFields", "PAAFields", "ATSSModelConfig", "DynamicATSSModelConfig",
+           "PAAModelConfig", "FasterRCNNModelConfig", "IoUNetModelConfig", "MODEL_CONFIGS", "DENSE_ARCHS",
+           "model_config", "with_arch", "DataConfig", "SolverConfig", "TestConfig", "Config", "apply_overrides",
+           "config_to_yaml", "config_from_yaml", "CAFFE2_PIXEL_MEAN"]
