@@ -4,9 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from assigndet import zoo
+from assigndet import presets
 from assigndet.cli import main
-from assigndet.config import PRESETS, PUBLISHED_AP, get_preset, load_config
+from assigndet.config import with_arch
+from assigndet.presets import PRESETS, PUBLISHED_AP, get_preset, load_config
+from assigndet.variants import Arch
 
 ATSS_NAMES = {
     "atss_R_50_FPN_1x": 39.3, "atss_dcnv2_R_50_FPN_1x": 43.2, "atss_R_101_FPN_2x": 43.5,
@@ -23,7 +25,6 @@ MS_TEST = {"atss_dcnv2_X_101_64x4d_FPN_2x_ms_test": 50.7, "paa_dcnv2_X_101_64x4d
 
 
 def test_every_published_row_is_a_preset_with_its_ap():
-    get_preset("atss_R_50_FPN_1x")  # registers
     for name, ap in {**ATSS_NAMES, **PAA_NAMES, **MS_TEST}.items():
         assert name in PRESETS, name
         assert PUBLISHED_AP[name] == ap, name
@@ -31,12 +32,12 @@ def test_every_published_row_is_a_preset_with_its_ap():
         dyn = "dynamic_" + name
         assert dyn in PRESETS and PUBLISHED_AP[dyn] is None
         a, d = get_preset(name), get_preset(dyn)
-        assert d.model.arch == "dynamic_atss"
-        d.model.arch = "atss"
+        assert d.model.arch is Arch.dynamic_atss
+        d.model = with_arch(d.model, Arch.atss)
         assert a == d  # Dynamic ATSS reuses the ATSS configs unchanged
     assert "dynamic_atss_dcnv2_X_101_64x4d_FPN_2x_ms_test" in PRESETS
     assert PUBLISHED_AP["paa_minimal_res50_1x"] == 40.2 and PUBLISHED_AP["paa_minimal_res101_2x"] == 44.2
-    assert len(zoo.zoo_names()) == len(set(zoo.zoo_names())) == 9 + 11 + 9 + 2 + 9
+    assert len(presets.zoo_names()) == len(set(presets.zoo_names())) == 9 + 11 + 9 + 2 + 9
 
 
 def test_presets_command_prints_ap_and_notes(capsys):
@@ -48,13 +49,23 @@ def test_presets_command_prints_ap_and_notes(capsys):
     assert "test-dev, multi-scale test" in out
 
 
-def test_zoo_rebuilds_the_hand_written_r50_presets():
-    from assigndet import presets
+def test_each_preset_is_one_table_row_with_a_fresh_config():
+    """One explicit table: every name once, each call a new Config (no shared mutable state)."""
+    names = [r.name for r in presets.ROWS] + list(presets._NAMED)
+    assert len(names) == len(set(names)) == len(PRESETS)
+    a, b = get_preset("paa_R_50_FPN_1x"), get_preset("paa_R_50_FPN_1x")
+    a.model.backbone.depth = 18
+    assert b.model.backbone.depth == 50 and get_preset("paa_R_50_FPN_1x").model.backbone.depth == 50
 
-    for fn, row in ((presets.atss_R_50_FPN_1x, zoo.ATSS_ROWS[0]), (presets.paa_R_50_FPN_1x, zoo.PAA_ROWS[0]),
-                    (presets.paa_R_50_FPN_1_5x, zoo.PAA_ROWS[1]), (presets.dynamic_atss_R_50_FPN_1x,
-                                                                    zoo.DYNAMIC_ATSS_ROWS[0])):
-        assert fn() == zoo.build_row(row)
+
+def test_zoo_module_is_a_deprecated_alias_of_presets():
+    import importlib
+    import sys
+
+    sys.modules.pop("assigndet.zoo", None)
+    with pytest.warns(DeprecationWarning, match="assigndet.presets"):
+        zoo = importlib.import_module("assigndet.zoo")
+    assert zoo.build_row is presets.build_row and zoo.ROWS is presets.ROWS
 
 
 @pytest.mark.parametrize("name,depth,groups,width,style,dcn", [
