@@ -1,5 +1,7 @@
 """Datasets and batching: COCO-format detection data, the generated "shapes" dataset, samplers."""
-from .coco import CocoDetection, DatasetError
+from ..errors import DatasetError
+from .build import build_dataset, dataset_paths
+from .coco import CocoDetection
 from .sampler import (InferenceBatchSampler, TrainBatchSampler, build_test_loader,
                       build_train_loader, collate)
 from .shapes import generate_shapes
@@ -9,8 +11,10 @@ __all__ = [
     "DatasetError",
     "InferenceBatchSampler",
     "TrainBatchSampler",
+    "build_dataset",
     "build_test_loader",
     "build_train_loader",
     "collate",
+    "dataset_paths",
     "generate_shapes",
 ]

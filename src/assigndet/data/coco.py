@@ -28,11 +28,9 @@ from torch import Tensor
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from ..errors import DatasetError
+
 logger = logging.getLogger("assigndet")
-
-
-class DatasetError(ValueError):
-    """A dataset file is missing or malformed; the message names the culprit in one line."""
 
 
 class _TorchvisionCoco(torchvision.datasets.CocoDetection):
@@ -72,6 +70,100 @@ def _load_json(ann_file: Path) -> dict:
         if not isinstance(data.get(key), list):
             raise DatasetError(f"{ann_file}: missing or non-list '{key}'")
     return data
+
+
+def _has_int_id(entry: Any) -> bool:
+    return isinstance(entry, dict) and isinstance(entry.get("id"), int) and not isinstance(entry.get("id"), bool)
+
+
+def _parse_categories(categories: list, src: Path) -> dict[int, str]:
+    """``{category id: name}``; ids must be unique integers, and there must be one at least."""
+    names: dict[int, str] = {}
+    for k, cat in enumerate(categories):
+        if not _has_int_id(cat):
+            raise DatasetError(f"{src}: category #{k} has no integer 'id': {cat!r}")
+        if cat["id"] in names:
+            raise DatasetError(f"{src}: duplicate category id {cat['id']}")
+        names[cat["id"]] = str(cat.get("name", cat["id"]))
+    if not names:
+        raise DatasetError(f"{src}: no categories")
+    return names
+
+
+def _parse_images(entries: list, src: Path) -> dict[int, tuple[int, dict]]:
+    """``{image id: (row in the JSON list, entry)}``, each with a file name and a positive integer size."""
+    images: dict[int, tuple[int, dict]] = {}
+    for k, img in enumerate(entries):
+        if not _has_int_id(img):
+            raise DatasetError(f"{src}: image #{k} has no integer 'id': {str(img)[:200]}")
+        if img["id"] in images:
+            raise DatasetError(f"{src}: duplicate image id {img['id']}")
+        if not isinstance(img.get("file_name"), str) or not img["file_name"]:
+            raise DatasetError(f"{src}: image id {img['id']} has no 'file_name'")
+        for key in ("width", "height"):
+            v = img.get(key)
+            if not _is_number(v) or v != int(v) or v <= 0:
+                raise DatasetError(f"{src}: image {img['file_name']} (id {img['id']}) has an "
+                                   f"invalid '{key}': {v!r}")
+        images[img["id"]] = (k, img)
+    return images
+
+
+def _check_annotation(k: int, ann: Any, src: Path, images: dict[int, tuple[int, dict]],
+                      labels: dict[int, int]) -> tuple[list[float], dict]:
+    """The ``[x, y, w, h]`` box of annotation #``k`` and its image entry, or a DatasetError."""
+    if not isinstance(ann, dict):
+        raise DatasetError(f"{src}: annotation #{k} is not an object")
+    aid = ann.get("id", f"#{k}")
+    if ann.get("image_id") not in images:
+        raise DatasetError(f"{src}: annotation id {aid} refers to unknown image_id "
+                           f"{ann.get('image_id')!r}")
+    img = images[ann["image_id"]][1]
+    where = f"{src}: annotation id {aid} (image {img['file_name']})"
+    if ann.get("category_id") not in labels:
+        raise DatasetError(f"{where}: unknown category_id {ann.get('category_id')!r}")
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(map(_is_number, bbox)):
+        raise DatasetError(f"{where}: bbox must be 4 numbers [x, y, w, h], got {bbox!r}")
+    x, y, w, h = (float(v) for v in bbox)
+    if not all(map(math.isfinite, (x, y, w, h))):
+        raise DatasetError(f"{where}: bbox has non-finite values {bbox!r}")
+    if w < 0 or h < 0:
+        raise DatasetError(f"{where}: bbox has negative size {bbox!r}")
+    if not ann.get("iscrowd", 0) and w > 0 and h > 0 and (
+            x >= img["width"] or y >= img["height"] or x + w <= 0 or y + h <= 0):
+        raise DatasetError(f"{where}: bbox {bbox!r} lies entirely outside the "
+                           f"{img['width']}x{img['height']} image")
+    return [x, y, w, h], img
+
+
+def _group_annotations(annotations: list, src: Path, images: dict[int, tuple[int, dict]], labels: dict[int, int]
+                       ) -> dict[int, list[tuple[list[float], int]]]:
+    """``{image id: [([x, y, w, h], label), ...]}`` of the non-crowd annotations (crowd ones are
+    validated, not kept)."""
+    per_image: dict[int, list[tuple[list[float], int]]] = {i: [] for i in images}
+    for k, ann in enumerate(annotations):
+        xywh, _ = _check_annotation(k, ann, src, images, labels)
+        if ann.get("iscrowd", 0):
+            continue
+        per_image[ann["image_id"]].append((xywh, labels[ann["category_id"]]))
+    return per_image
+
+
+def _to_xyxy(anns: list[tuple[list[float], int]], W: int, H: int, off: float
+             ) -> tuple[np.ndarray, np.ndarray, int]:
+    """COCO boxes -> xyxy (``x2 = x + max(w - off, 0)``), clipped to ``[0, W - off] x [0, H - off]``,
+    empty ones removed; returns ``(boxes (G', 4), labels (G',), number removed)``."""
+    xywh = np.asarray([b for b, _ in anns], dtype=np.float64).reshape(-1, 4)  # (G, 4)
+    xyxy = np.empty_like(xywh)
+    xyxy[:, 0] = xywh[:, 0]
+    xyxy[:, 1] = xywh[:, 1]
+    xyxy[:, 2] = xywh[:, 0] + np.maximum(xywh[:, 2] - off, 0)
+    xyxy[:, 3] = xywh[:, 1] + np.maximum(xywh[:, 3] - off, 0)
+    xyxy[:, 0::2] = xyxy[:, 0::2].clip(0, W - off)
+    xyxy[:, 1::2] = xyxy[:, 1::2].clip(0, H - off)
+    ok = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])  # (G,)
+    return xyxy[ok], np.asarray([lab for _, lab in anns], dtype=np.int64)[ok], int((~ok).sum())
 
 
 class CocoDetection(torch.utils.data.Dataset):
@@ -131,66 +223,15 @@ class CocoDetection(torch.utils.data.Dataset):
     def _build(self, data: dict) -> None:
         src = self.ann_file
         # 1. Categories -> contiguous labels in ascending id order.
-        names: dict[int, str] = {}
-        for k, cat in enumerate(data["categories"]):
-            if not isinstance(cat, dict) or not isinstance(cat.get("id"), int) or isinstance(cat.get("id"), bool):
-                raise DatasetError(f"{src}: category #{k} has no integer 'id': {cat!r}")
-            if cat["id"] in names:
-                raise DatasetError(f"{src}: duplicate category id {cat['id']}")
-            names[cat["id"]] = str(cat.get("name", cat["id"]))
-        if not names:
-            raise DatasetError(f"{src}: no categories")
+        names = _parse_categories(data["categories"], src)
         self.category_ids: list[int] = sorted(names)
         self.class_names: list[str] = [names[c] for c in self.category_ids]
         self.category_id_to_label: dict[int, int] = {c: i for i, c in enumerate(self.category_ids)}
-
-        # 2. Images.
-        images: dict[int, tuple[int, dict]] = {}
-        for k, img in enumerate(data["images"]):
-            if not isinstance(img, dict) or not isinstance(img.get("id"), int) or isinstance(img.get("id"), bool):
-                raise DatasetError(f"{src}: image #{k} has no integer 'id': {str(img)[:200]}")
-            if img["id"] in images:
-                raise DatasetError(f"{src}: duplicate image id {img['id']}")
-            if not isinstance(img.get("file_name"), str) or not img["file_name"]:
-                raise DatasetError(f"{src}: image id {img['id']} has no 'file_name'")
-            for key in ("width", "height"):
-                v = img.get(key)
-                if not _is_number(v) or v != int(v) or v <= 0:
-                    raise DatasetError(f"{src}: image {img['file_name']} (id {img['id']}) has an "
-                                       f"invalid '{key}': {v!r}")
-            images[img["id"]] = (k, img)
-
-        # 3. Annotations, validated and grouped per image (crowd ones are validated, not kept).
-        per_image: dict[int, list[tuple[list[float], int]]] = {i: [] for i in images}
-        for k, ann in enumerate(data["annotations"]):
-            if not isinstance(ann, dict):
-                raise DatasetError(f"{src}: annotation #{k} is not an object")
-            aid = ann.get("id", f"#{k}")
-            if ann.get("image_id") not in images:
-                raise DatasetError(f"{src}: annotation id {aid} refers to unknown image_id "
-                                   f"{ann.get('image_id')!r}")
-            img = images[ann["image_id"]][1]
-            where = f"{src}: annotation id {aid} (image {img['file_name']})"
-            if ann.get("category_id") not in self.category_id_to_label:
-                raise DatasetError(f"{where}: unknown category_id {ann.get('category_id')!r}")
-            bbox = ann.get("bbox")
-            if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(map(_is_number, bbox)):
-                raise DatasetError(f"{where}: bbox must be 4 numbers [x, y, w, h], got {bbox!r}")
-            x, y, w, h = (float(v) for v in bbox)
-            if not all(map(math.isfinite, (x, y, w, h))):
-                raise DatasetError(f"{where}: bbox has non-finite values {bbox!r}")
-            if w < 0 or h < 0:
-                raise DatasetError(f"{where}: bbox has negative size {bbox!r}")
-            if ann.get("iscrowd", 0):
-                continue
-            if w > 0 and h > 0 and (x >= img["width"] or y >= img["height"] or x + w <= 0 or y + h <= 0):
-                raise DatasetError(f"{where}: bbox {bbox!r} lies entirely outside the "
-                                   f"{img['width']}x{img['height']} image")
-            per_image[ann["image_id"]].append(([x, y, w, h], self.category_id_to_label[ann["category_id"]]))
-
+        # 2. Images.  3. Annotations, validated and grouped per image.
+        images = _parse_images(data["images"], src)
+        per_image = _group_annotations(data["annotations"], src, images, self.category_id_to_label)
         # 4. Training filter (SPEC §1.2), conversion to xyxy, clip, removal of empty boxes.
-        off = self.offset
-        keep_ids, rows, boxes, labels, offsets = [], [], [], [], [0]
+        keep_ids, boxes, labels, offsets = [], [], [], [0]
         num_filtered = num_dropped = 0
         for img_id in sorted(images):
             anns = per_image[img_id]
@@ -198,31 +239,26 @@ class CocoDetection(torch.utils.data.Dataset):
                     not anns or all(b[2] <= 1 or b[3] <= 1 for b, _ in anns)):
                 num_filtered += 1
                 continue
-            row, img = images[img_id]
-            W, H = int(img["width"]), int(img["height"])
-            xywh = np.asarray([b for b, _ in anns], dtype=np.float64).reshape(-1, 4)  # (G, 4)
-            xyxy = np.empty_like(xywh)
-            xyxy[:, 0] = xywh[:, 0]
-            xyxy[:, 1] = xywh[:, 1]
-            xyxy[:, 2] = xywh[:, 0] + np.maximum(xywh[:, 2] - off, 0)
-            xyxy[:, 3] = xywh[:, 1] + np.maximum(xywh[:, 3] - off, 0)
-            xyxy[:, 0::2] = xyxy[:, 0::2].clip(0, W - off)
-            xyxy[:, 1::2] = xyxy[:, 1::2].clip(0, H - off)
-            ok = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])  # (G,)
-            num_dropped += int((~ok).sum())
+            img = images[img_id][1]
+            xyxy, lab, dropped = _to_xyxy(anns, int(img["width"]), int(img["height"]), self.offset)
+            num_dropped += dropped
             keep_ids.append(img_id)
-            rows.append(row)
-            boxes.append(xyxy[ok])
-            labels.append(np.asarray([lab for _, lab in anns], dtype=np.int64)[ok])
-            offsets.append(offsets[-1] + int(ok.sum()))
+            boxes.append(xyxy)
+            labels.append(lab)
+            offsets.append(offsets[-1] + len(lab))
         if num_filtered:
             logger.info("%s: %d of %d images without usable annotations left out of training",
                         src, num_filtered, len(images))
         if num_dropped:
             logger.info("%s: %d degenerate (empty after conversion/clipping) boxes dropped",
                         src, num_dropped)
+        self._set_index(images, keep_ids, boxes, labels, offsets)
+
+    def _set_index(self, images: dict[int, tuple[int, dict]], keep_ids: list[int], boxes: list[np.ndarray],
+                   labels: list[np.ndarray], offsets: list[int]) -> None:
+        """The per-item attributes and the flat target arrays of the kept images."""
         self.image_ids: list[int] = keep_ids
-        self._json_rows = rows
+        self._json_rows = [images[i][0] for i in keep_ids]
         self.file_names: list[str] = [images[i][1]["file_name"] for i in keep_ids]
         self.image_sizes: list[tuple[int, int]] = [
             (int(images[i][1]["height"]), int(images[i][1]["width"])) for i in keep_ids]
@@ -306,3 +342,6 @@ class CocoDetection(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({len(self)} images, {self.num_classes} classes, "
                 f"ann_file={str(self.ann_file)!r}, train={self.train}, offset={self.offset})")
+
+
+__all__ = ["CocoDetection", "DatasetError"]
