@@ -5,11 +5,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import sigmoid_focal_loss
 
 from .boxes import giou_loss
 
-__all__ = ["reduce_mean", "focal_loss_sum", "giou_loss", "weighted_giou_sum", "bce_sum", "centerness_target"]
+__all__ = ["reduce_mean", "focal_loss_sum", "focal_loss_per_anchor", "giou_loss", "weighted_giou_sum", "bce_sum", "centerness_target"]
 
 
 def reduce_mean(x: Tensor) -> Tensor:
@@ -30,11 +29,25 @@ def focal_loss_sum(logits: Tensor, labels: Tensor, *, alpha: float = 0.25, gamma
 
 
 def focal_loss_per_anchor(logits: Tensor, labels: Tensor, *, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
-    """Focal loss summed over classes, per anchor -> (N,); labels as in :func:`focal_loss_sum`."""
+    """Sigmoid focal loss summed over classes, per anchor -> (N,): the one focal loss (training
+    losses and PAA's anchor scores).
+
+    ``labels`` (N,) int64: class c in [0, C) -> positive term for channel c and negative terms for
+    the others; C -> background (negative terms only); -1 -> ignore (0). Every channel's negative
+    term (1 - alpha) p^gamma softplus(z) is summed, then the GT channel's is swapped for its positive
+    term alpha (1 - p)^gamma softplus(-z): no (N, C) one-hot. Uses -log p = softplus(-z) and
+    -log(1 - p) = softplus(z), the stable form of the reference CUDA kernel. Differentiable.
+    """
     num_classes = logits.shape[1]
-    onehot = F.one_hot(labels.clamp(min=0), num_classes + 1)[:, :num_classes].to(logits.dtype)  # (N, C)
-    loss = sigmoid_focal_loss(logits, onehot, alpha=alpha, gamma=gamma, reduction="none").sum(dim=1)  # (N,)
-    return torch.where(labels >= 0, loss, torch.zeros_like(loss))  # ignore rows contribute nothing
+    p = torch.sigmoid(logits)  # (N, C)
+    neg = (p.pow(gamma) * F.softplus(logits)).sum(dim=1) * (1 - alpha)  # (N,) every channel negative
+    is_pos = (labels >= 0) & (labels < num_classes)  # (N,)
+    z = logits.gather(1, labels.clamp(min=0, max=num_classes - 1)[:, None]).squeeze(1)  # (N,) GT logit
+    pz = torch.sigmoid(z)
+    pos_term = alpha * (1 - pz).pow(gamma) * F.softplus(-z)
+    neg_term = (1 - alpha) * pz.pow(gamma) * F.softplus(z)
+    out = neg + torch.where(is_pos, pos_term - neg_term, torch.zeros_like(neg))
+    return torch.where(labels >= 0, out, torch.zeros_like(out))  # ignore rows contribute nothing
 
 
 def weighted_giou_sum(pred_boxes: Tensor, target_boxes: Tensor, weights: Tensor | None = None) -> Tensor:
