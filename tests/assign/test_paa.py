@@ -1,28 +1,26 @@
-"""PAA: batched GMM vs scikit-learn, partition vs the reference loop, fixtures, edge cases."""
+"""PAA: partition vs the reference loop (scikit-learn per GT), fixtures, batching, edge cases."""
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import pytest
 import torch
 from conftest import load_fixture
+from test_gmm import sk_fit
 
-from assigndet.assign.max_iou import max_iou_match, max_iou_match_mmdet
+import assigndet.assign as assign
+from assigndet.assign.max_iou import max_iou_match_mmdet
 from assigndet.assign.paa import (
-    gmm_fit,
+    PAAAssignment,
+    PAAPartition,
     paa_anchor_scores,
     paa_assign,
-    paa_assign_batch,
     paa_first_stage_match,
     paa_partition,
-    paa_partition_details,
-    paa_partition_batch,
 )
 from assigndet.boxes import BoxCoder
-
-skm = pytest.importorskip("sklearn.mixture")
+from assigndet.variants import Convention, PAAVariant
 
 STRIDES = (8, 16, 32, 64, 128)
 
@@ -33,29 +31,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------------------------
-# helpers: scikit-learn oracle, reference loop, synthetic images
+# helpers: reference loop, synthetic images
 # ---------------------------------------------------------------------------------------------
-
-
-def sk_fit(values: np.ndarray):
-    """PAA's scikit-learn call on the ascending float32 samples."""
-    x = np.sort(values.astype(np.float32)).reshape(-1, 1)
-    gmm = skm.GaussianMixture(
-        2, weights_init=[0.5, 0.5], means_init=[[x.min()], [x.max()]],
-        precisions_init=[[[1.0]], [[1.0]]],
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        gmm.fit(x)
-    return gmm, gmm.predict(x), gmm.score_samples(x), x[:, 0]
-
-
-def sk_margin(gmm, x: np.ndarray) -> np.ndarray:
-    """|a_1 − a_0| per sample from sklearn's fitted parameters (float64)."""
-    mu = gmm.means_.ravel().astype(np.float64)
-    var = gmm.covariances_.ravel().astype(np.float64)
-    a = np.log(gmm.weights_) - 0.5 * np.log(2 * np.pi * var) - 0.5 * (x[:, None] - mu) ** 2 / var
-    return np.abs(a[:, 1] - a[:, 0])
 
 
 def reference_partition(scores, matched, counts, num_gts, topk=9, variant="original"):
@@ -129,101 +106,6 @@ def random_head(g, anchors, gt, matched, labels, num_classes=5):
 
 
 # ---------------------------------------------------------------------------------------------
-# gmm_fit vs scikit-learn
-# ---------------------------------------------------------------------------------------------
-
-
-def _random_samples(rng, i):
-    n = int(rng.integers(2, 46))
-    kind = i % 10
-    if kind == 0:
-        s = rng.normal(0.5, 0.2, n)
-    elif kind == 1:
-        s = np.concatenate([rng.normal(0.3, 0.05, n // 2), rng.normal(1.5, 0.4, n - n // 2)])
-    elif kind == 2:
-        s = rng.exponential(1.0, n)
-    elif kind == 3:
-        s = rng.gamma(2.0, 0.3, n) + rng.uniform(0, 3)
-    elif kind == 4:  # many duplicates
-        s = np.round(rng.normal(1.0, 0.3, n), 1)
-    elif kind == 5:  # spreads from 1e-3 to 1e3
-        s = rng.uniform(0, 10 ** rng.uniform(-3, 3), n)
-    elif kind == 6:  # two samples
-        s = rng.normal(1.0, 0.5, 2)
-    elif kind == 7:  # all equal: zero variance
-        s = np.full(n, rng.uniform(0, 3))
-    elif kind == 8:  # huge spread with an outlier
-        s = np.concatenate([rng.normal(0.5, 0.1, n - 1), [rng.uniform(1e3, 1e5)]])
-    else:  # a few values repeated
-        s = rng.choice(rng.uniform(0, 2, 3), n)
-    return np.abs(s).astype(np.float32)
-
-
-def test_gmm_fit_matches_sklearn_on_random_cases():
-    rng = np.random.default_rng(0)
-    cases = [_random_samples(rng, i) for i in range(200)]
-    K = max(len(c) for c in cases) + 3  # extra padding
-    x = torch.full((len(cases), K), float("nan"))  # padded slots must be ignored, even NaN
-    mask = torch.zeros(len(cases), K, dtype=torch.bool)
-    for i, c in enumerate(cases):
-        x[i, : len(c)] = torch.from_numpy(np.sort(c))
-        mask[i, : len(c)] = True
-    fit = gmm_fit(x, mask)
-    for name in ("means", "variances", "weights", "log_density"):
-        assert torch.isfinite(getattr(fit, name)).all(), name
-    assert (fit.components[~mask] == 0).all()
-    for i, c in enumerate(cases):
-        gmm, comp, dens, xs = sk_fit(c)
-        n = len(c)
-        assert fit.n_iter[i].item() == gmm.n_iter_, i
-        assert fit.converged[i].item() == gmm.converged_, i
-        scale = max(float(np.abs(xs).max()), 1e-30)
-        np.testing.assert_allclose(fit.means[i].numpy(), gmm.means_.ravel(), rtol=1e-6, atol=1e-6 * scale)
-        np.testing.assert_allclose(fit.variances[i].numpy(), gmm.covariances_.ravel(), rtol=1e-5)
-        np.testing.assert_allclose(fit.weights[i].numpy(), gmm.weights_, rtol=1e-5, atol=1e-7)
-        # sklearn rounds x·precision_cholesky to float32: its log-density is only that accurate
-        # (matters for a component collapsed on a far outlier, x·pc ≈ 1e7)
-        e = np.abs(xs.astype(np.float64)) * np.sqrt(1 / gmm.covariances_.min()) * 2.0**-24
-        np.testing.assert_array_less(
-            np.abs(fit.log_density[i, :n].numpy() - dens), 1e-5 + 1e-6 * np.abs(dens) + 2 * e * (1 + e)
-        )
-        # components: sklearn stores log-probabilities in float32; where both components are
-        # within its rounding noise (identical components) the label is not decidable
-        decided = sk_margin(gmm, xs.astype(np.float64)) > 1e-5
-        assert (fit.components[i, :n].numpy()[decided] == comp[decided]).all(), i
-
-
-def test_gmm_fit_rows_that_cannot_be_fitted():
-    x = torch.tensor([[1.0, 2.0, 0.0], [3.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
-    mask = torch.tensor([[True, True, False], [True, False, False], [False, False, False]])
-    fit = gmm_fit(x, mask)
-    assert fit.n_iter.tolist()[1:] == [0, 0]
-    assert not fit.converged[1:].any()
-    assert fit.n_iter[0] > 0 and fit.converged[0]
-    for name in ("means", "variances", "weights", "log_density"):
-        assert torch.isfinite(getattr(fit, name)).all()
-    empty = gmm_fit(torch.zeros(0, 5), torch.zeros(0, 5, dtype=torch.bool))
-    assert empty.means.shape == (0, 2) and empty.components.shape == (0, 5)
-
-
-def test_gmm_fit_max_iter_and_float64():
-    rng = np.random.default_rng(1)
-    s = np.sort(rng.gamma(2.0, 0.3, 40).astype(np.float32))
-    x = torch.from_numpy(s)[None]
-    fit = gmm_fit(x, torch.ones_like(x, dtype=torch.bool), max_iter=2)
-    gmm = skm.GaussianMixture(
-        2, weights_init=[0.5, 0.5], means_init=[[s.min()], [s.max()]],
-        precisions_init=[[[1.0]], [[1.0]]], max_iter=2,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        gmm.fit(s[:, None])
-    assert fit.n_iter.item() == 2 and not fit.converged.item() and not gmm.converged_
-    np.testing.assert_allclose(fit.means[0].numpy(), gmm.means_.ravel(), rtol=1e-6)
-    assert fit.means.dtype == torch.float64
-
-
-# ---------------------------------------------------------------------------------------------
 # fixtures of the original implementations
 # ---------------------------------------------------------------------------------------------
 
@@ -252,8 +134,8 @@ def test_partition_reproduces_fixtures(variant, key):
 def test_partition_intermediates_reproduce_fixtures():
     for case in load_fixture("paa_cases.pt"):
         G = len(case["gt_boxes"])
-        det = paa_partition_details(
-            case["anchor_scores"], case["iou_based_matched_idx"], case["num_anchors_per_level"], G
+        det = paa_partition(
+            case["anchor_scores"], case["iou_based_matched_idx"], case["num_anchors_per_level"], G, details=True
         )
         for g, ref in enumerate(case["candidate_idxs"]):
             n = int(det.num_candidates[g])
@@ -340,7 +222,7 @@ def test_partition_matches_reference_loop(variant):
 def test_batched_assign_equals_per_image():
     images = [_synthetic_image(seed, n) for seed, n in ((10, 4), (11, 0), (12, 9))]
     anchors, counts = images[0][0], images[0][1]
-    out = paa_assign_batch(
+    out = paa_assign(
         anchors, counts, [im[2] for im in images], [im[3] for im in images],
         torch.stack([im[5] for im in images]), torch.stack([im[6] for im in images]),
     )
@@ -350,7 +232,7 @@ def test_batched_assign_equals_per_image():
         assert torch.equal(out[b], single), b
     assert (out[1] == -1).all()
 
-    # paa_anchor_scores batched (global GT indices) == per image; paa_partition_batch
+    # paa_anchor_scores batched (global GT indices) == per image; paa_partition on the batch
     offs = [0, 4, 4]
     matched = torch.stack([torch.where(im[4] >= 0, im[4] + o, im[4]) for im, o in zip(images, offs)])
     scores = paa_anchor_scores(
@@ -361,10 +243,49 @@ def test_batched_assign_equals_per_image():
         single = paa_anchor_scores(anchors, im[5], im[6], im[4], im[2], im[3])
         torch.testing.assert_close(scores[b], single, rtol=1e-6, atol=1e-6)  # summation order
     local = torch.stack([im[4] for im in images])
-    part = paa_partition_batch(scores, local, counts, [len(im[2]) for im in images])
+    part = paa_partition(scores, local, counts, [len(im[2]) for im in images])
     assert torch.equal(part, out)
     for b, im in enumerate(images):
         assert torch.equal(part[b], paa_partition(scores[b], im[4], counts, len(im[2])))
+
+
+def test_batch_details_give_every_intermediate_per_image():
+    images = [_synthetic_image(seed, n) for seed, n in ((10, 4), (11, 0), (12, 9))]
+    anchors, counts = images[0][0], images[0][1]
+    det = paa_assign(
+        anchors, counts, [im[2] for im in images], [im[3] for im in images],
+        torch.stack([im[5] for im in images]), torch.stack([im[6] for im in images]), details=True,
+    )
+    assert isinstance(det, PAAAssignment) and isinstance(det.partition, PAAPartition)
+    assert torch.equal(det.partition.matched, det.matched) and det.matched.shape == (3, len(anchors))
+    assert det.partition.candidate_idxs.shape[0] == 13  # the GTs of the 3 images, concatenated
+    first = 0
+    for b, im in enumerate(images):
+        single = paa_assign(anchors, counts, im[2], im[3], im[5], im[6], details=True)
+        assert torch.equal(det.matched[b], single.matched)
+        assert torch.equal(det.first_stage_matched[b], single.first_stage_matched)
+        assert torch.equal(det.first_stage_matched[b], im[4])
+        G = len(im[2])
+        rows = slice(first, first + G)
+        n = single.partition.candidate_idxs.shape[1]
+        # candidate indices are anchor indices inside their own image
+        assert torch.equal(det.partition.candidate_idxs[rows, :n], single.partition.candidate_idxs)
+        assert (det.partition.candidate_idxs[rows, n:] == -1).all()
+        assert torch.equal(det.partition.cut[rows], single.partition.cut)
+        assert torch.equal(det.partition.fit.n_iter[rows], single.partition.fit.n_iter)
+        first += G
+
+
+def test_previous_names_are_aliases_of_the_batch_api():
+    anchors, counts, gt, labels, matched, logits, deltas = _synthetic_image(4, 5)
+    scores = paa_anchor_scores(anchors, logits, deltas, matched, gt, labels)
+    det = assign.paa_partition_details(scores, matched, counts, len(gt), variant="mmdet")
+    ref = paa_partition(scores, matched, counts, len(gt), variant=PAAVariant.mmdet, details=True)
+    assert torch.equal(det.matched, ref.matched) and torch.equal(det.cut, ref.cut)
+    assert assign.paa_partition_batch is paa_partition and assign.paa_assign_batch is paa_assign
+    assert assign.gmm_fit is assign.gmm.gmm_fit
+    with pytest.raises(ValueError, match="expected one of: original, mmdet, minimal"):
+        paa_partition(scores, matched, counts, len(gt), variant="mmdetection")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,85 +293,10 @@ def test_batched_assign_equals_per_image():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_max_iou_match_semantics():
-    iou = torch.tensor(
-        [
-            [0.50, 0.05, 0.00, 0.30, 0.3],
-            [0.50, 0.04, 0.20, 0.60, 0.3],
-        ]
-    )  # (G=2, A=5)
-    # anchor 0: tie → GT 0; anchor 1: best 0.05 < 0.1; anchor 4: tie → GT 0
-    assert max_iou_match(iou, 0.1, 0.1).tolist() == [0, -1, 1, 1, 0]
-    assert max_iou_match(iou, 0.4, 0.1).tolist() == [0, -1, -2, 1, -2]
-    # GT 0's best anchors are 0 (IoU .5): rescued to their own argmax (already GT 0)
-    assert max_iou_match(iou, 0.1, 0.1, allow_low_quality=True).tolist() == [0, -1, 1, 1, 0]
-    # GT 0's best anchor (0) prefers GT 1: it is rescued to GT 1, GT 0 gets nothing
-    iou2 = torch.tensor([[0.05, 0.0, 0.01], [0.08, 0.0, 0.0]])
-    assert max_iou_match(iou2, 0.1, 0.1).tolist() == [-1, -1, -1]
-    assert max_iou_match(iou2, 0.1, 0.1, allow_low_quality=True).tolist() == [1, -1, -1]
-    # a GT whose best IoU is 0 rescues every anchor with IoU 0 to it (to their own argmax)
-    iou3 = torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.0, 0.0]])
-    assert max_iou_match(iou3, 0.1, 0.1, allow_low_quality=True).tolist() == [0, 0, 0]
-    assert max_iou_match(torch.zeros(0, 3), 0.1, 0.1, True).tolist() == [-1, -1, -1]
-    assert max_iou_match(torch.zeros(2, 0), 0.1, 0.1, True).tolist() == []
-
-
-def _mmdet_assigner_loop(iou, pos_thr, neg_thr, min_pos_iou, gt_max_assign_all):
-    """mmdetection's MaxIoUAssigner.assign_wrt_overlaps, transcribed from its documented steps as a
-    loop over GTs (1-based inside, as mmdetection): -1 ignore, 0 background, i + 1 GT i."""
-    G, A = iou.shape
-    assigned = [-1] * A
-    for a in range(A):
-        col = iou[:, a].tolist()
-        best = max(col)
-        arg = col.index(best)
-        if 0 <= best < neg_thr:
-            assigned[a] = 0
-        if best >= pos_thr:
-            assigned[a] = arg + 1
-    for i in range(G):
-        row = iou[i].tolist()
-        gmax = max(row)
-        if gmax >= min_pos_iou:
-            if gt_max_assign_all:
-                for a in range(A):
-                    if row[a] == gmax:
-                        assigned[a] = i + 1
-            else:
-                assigned[row.index(gmax)] = i + 1
-    return [{-1: -2, 0: -1}.get(v, v - 1) for v in assigned]
-
-
-@pytest.mark.parametrize("assign_all", [True, False])
-def test_max_iou_match_mmdet_equals_the_assigner_loop(assign_all):
-    g = torch.Generator().manual_seed(5)
-    for trial in range(30):
-        G, A = int(torch.randint(1, 6, (1,), generator=g)), int(torch.randint(1, 40, (1,), generator=g))
-        iou = (torch.rand(G, A, generator=g) * 0.6).round(decimals=1)  # many exact ties, some zeros
-        if trial % 5 == 0:
-            iou[-1] = 0.0  # a GT overlapping nothing: with min_pos_iou=0 it takes every IoU-0 anchor
-        for pos_thr, neg_thr in ((0.1, 0.1), (0.4, 0.2)):
-            got = max_iou_match_mmdet(iou, pos_thr, neg_thr, min_pos_iou=0.0, gt_max_assign_all=assign_all)
-            assert got.tolist() == _mmdet_assigner_loop(iou, pos_thr, neg_thr, 0.0, assign_all), (trial, iou)
-
-
-def test_mmdet_step_a_differs_from_maskrcnn_benchmark():
-    # anchor 0 is GT 0's best anchor but prefers GT 1: maskrcnn-benchmark gives it to GT 1 (its own
-    # argmax), mmdetection to GT 0 (the GT being processed); GT 1's best anchor is anchor 1
-    iou = torch.tensor([[0.05, 0.0, 0.01], [0.08, 0.3, 0.0]])
-    assert max_iou_match(iou, 0.1, 0.1, allow_low_quality=True).tolist() == [1, 1, -1]
-    assert max_iou_match_mmdet(iou, 0.1, 0.1).tolist() == [0, 1, -1]
-    # ties between GTs of one anchor: the later GT overwrites
-    iou = torch.tensor([[0.5, 0.2], [0.5, 0.1]])
-    assert max_iou_match_mmdet(iou, 0.1, 0.1).tolist() == [1, 0]
-    assert max_iou_match_mmdet(torch.zeros(0, 3), 0.1, 0.1).tolist() == [-1, -1, -1]
-    assert max_iou_match_mmdet(torch.zeros(2, 0), 0.1, 0.1).tolist() == []
-
-
 def test_mmdet_variant_uses_its_step_a_and_giou_weight():
     anchors, counts, gt, labels, matched, logits, deltas = _synthetic_image(3, 6)
     m_orig = paa_first_stage_match(anchors, gt, offset=0.0)
-    m_mm = paa_first_stage_match(anchors, gt, offset=0.0, rule="mmdet")
+    m_mm = paa_first_stage_match(anchors, gt, offset=0.0, rule=Convention.mmdet)
     from assigndet.boxes import box_iou
 
     ref = max_iou_match_mmdet(box_iou(gt, anchors, offset=0.0), 0.1, 0.1)
@@ -513,7 +359,7 @@ def test_zero_gt_and_no_positive():
     none = torch.full((A,), -1, dtype=torch.int64)
     assert (paa_partition(scores, none, counts, 3) == -1).all()
     assert (paa_partition(scores, none, counts, 0) == -1).all()
-    det = paa_partition_details(scores, none, counts, 2)
+    det = paa_partition(scores, none, counts, 2, details=True)
     assert det.num_candidates.tolist() == [0, 0] and det.cut.tolist() == [-1, -1]
 
 
@@ -541,11 +387,11 @@ def test_topk_per_level_and_tie_order():
     counts = [30, 12]
     scores = torch.arange(42, dtype=torch.float32).flip(0)  # lower index = higher score
     matched = torch.zeros(42, dtype=torch.int64)
-    det = paa_partition_details(scores, matched, counts, 1, topk=4)
+    det = paa_partition(scores, matched, counts, 1, topk=4, details=True)
     assert det.num_candidates.tolist() == [8]
     assert sorted(det.candidate_idxs[0].tolist()) == [26, 27, 28, 29, 38, 39, 40, 41]
     flat = torch.full((42,), 0.5)
-    det = paa_partition_details(flat, matched, counts, 1, topk=3)  # exact ties: lowest index
+    det = paa_partition(flat, matched, counts, 1, topk=3, details=True)  # exact ties: lowest index
     assert sorted(det.candidate_idxs[0].tolist()) == [0, 1, 2, 30, 31, 32]
 
 
@@ -561,7 +407,7 @@ def test_duplicate_gts_and_one_gt():
 
 _BIG_CASE = """
 import resource, sys, torch
-sys.path.insert(0, {tests!r})
+sys.path[:0] = [{here!r}, {tests!r}]  # test_paa, and the conftest it imports
 torch.set_num_threads(1)
 from test_paa import mrcnn_anchors, random_gts
 from assigndet.assign.paa import paa_assign, paa_first_stage_match
@@ -594,7 +440,8 @@ def test_many_gts_large_image_bounded_memory():
     import subprocess
     import sys
 
-    code = _BIG_CASE.format(tests=str(pathlib.Path(__file__).parent))
+    here = pathlib.Path(__file__).resolve().parent
+    code = _BIG_CASE.format(here=str(here), tests=str(here.parent))
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
     grown_mib = float(res.stdout.strip().splitlines()[-1])

@@ -1,10 +1,21 @@
-"""Adaptive Training Sample Selection (ATSS, Zhang et al. CVPR 2020), SPEC §2.2."""
+"""Adaptive Training Sample Selection (ATSS, Zhang et al. CVPR 2020), SPEC §2.2.
+
+:func:`atss_candidates` and :func:`atss_select` are the candidate selection and the selection tail
+that Dynamic ATSS shares (:mod:`assigndet.assign.dynamic_atss`).
+
+Shape letters: A anchors (all levels), G ground truths, K candidates per GT (sum over levels).
+"""
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
 from ..boxes import box_centers, box_iou
+
+__all__ = ["atss_assign", "atss_candidates", "atss_select", "candidate_threshold", "pair_inside"]
+
+#: Quality of the (anchor, GT) pairs that are not positive, in the final argmax.
+_NOT_POSITIVE = -1e8
 
 
 def atss_candidates(
@@ -20,6 +31,38 @@ def atss_candidates(
             out.append(idx + start)
         start += n
     return torch.cat(out, dim=0)
+
+
+def candidate_threshold(*candidate_values: Tensor) -> Tensor:
+    """Per GT, the sum of the means then of the unbiased stds of each (K, G) candidate metric
+    -> (G,): mean + std for ATSS; mean(P) + mean(Q) + std(P) + std(Q) for Dynamic ATSS (in
+    that order of additions)."""
+    terms = [v.mean(dim=0) for v in candidate_values] + [v.std(dim=0) for v in candidate_values]
+    out = terms[0]
+    for t in terms[1:]:
+        out = out + t
+    return out
+
+
+def atss_select(quality: Tensor, cand: Tensor, thresh: Tensor, anchor_centers: Tensor, gt_boxes: Tensor) -> Tensor:
+    """The selection tail: a candidate is positive for its GT iff its ``quality`` >= the GT's
+    ``thresh`` and its anchor centre lies inside the GT by more than 0.01; an anchor positive for
+    several GTs goes to the one of highest quality -> (A,) int64 GT index or -1.
+
+    quality (A, G); cand (K, G) anchor indices; thresh (G,); anchor_centers (A, 2); gt_boxes (G, 4).
+    """
+    num_gts = gt_boxes.shape[0]
+    is_pos = quality.gather(0, cand) >= thresh[None, :]  # (K, G)
+    gt_idx = torch.arange(num_gts, device=quality.device).expand_as(cand)  # (K, G)
+    # centre inside its GT: per (candidate, GT) pair
+    inside = pair_inside(anchor_centers[cand.reshape(-1)], gt_boxes[gt_idx.reshape(-1)])  # (K*G,)
+    is_pos &= inside.view_as(is_pos)
+    # resolve multiple GTs by the highest quality; non-positive pairs count as -1e8
+    masked = torch.full_like(quality, _NOT_POSITIVE)  # (A, G)
+    sel = (cand * num_gts + gt_idx)[is_pos]  # indices into the flattened (A, G) matrix
+    masked.view(-1)[sel] = quality.view(-1)[sel]
+    best, best_gt = masked.max(dim=1)  # (A,)
+    return torch.where(best > _NOT_POSITIVE, best_gt, torch.full_like(best_gt, -1))
 
 
 @torch.no_grad()
@@ -45,28 +88,15 @@ def atss_assign(
     5. The anchor centre must lie inside the GT by more than 0.01.
     6. An anchor positive for several GTs goes to the one with the highest IoU.
     """
-    num_anchors = anchors.shape[0]
-    num_gts = gt_boxes.shape[0]
+    num_anchors, num_gts = anchors.shape[0], gt_boxes.shape[0]
     if num_gts == 0 or num_anchors == 0:
         return torch.full((num_anchors,), -1, dtype=torch.int64, device=anchors.device)
     ious = box_iou(anchors, gt_boxes, offset=offset)  # 1. (A, G)
     anchor_ctr = box_centers(anchors)  # (A, 2)
-    cand = atss_candidates(anchor_ctr, box_centers(gt_boxes), num_anchors_per_level, topk * num_anchors_per_location)  # 2-3. (K, G)
-    cand_ious = ious.gather(0, cand)  # (K, G)
-    thresh = cand_ious.mean(dim=0) + cand_ious.std(dim=0)  # 4. (G,) unbiased std
-    is_pos = cand_ious >= thresh[None, :]  # (K, G)
-    gt_idx = torch.arange(num_gts, device=anchors.device).expand_as(cand)  # (K, G)
-    # 5. centre inside its GT: per (candidate, GT) pair
-    pts = anchor_ctr[cand.reshape(-1)]  # (K*G, 2)
-    inside = pair_inside(pts, gt_boxes[gt_idx.reshape(-1)])  # (K*G,)
-    is_pos &= inside.view_as(is_pos)
-    # 6. resolve multiple GTs by the highest IoU; non-positive pairs count as -inf
-    masked = torch.full_like(ious, -1e8)  # (A, G)
-    flat = cand * num_gts + gt_idx  # (K, G) indices into the flattened (A, G) matrix
-    sel = flat[is_pos]
-    masked.view(-1)[sel] = ious.view(-1)[sel]
-    best, best_gt = masked.max(dim=1)  # (A,)
-    return torch.where(best > -1e8, best_gt, torch.full_like(best_gt, -1))
+    k = topk * num_anchors_per_location
+    cand = atss_candidates(anchor_ctr, box_centers(gt_boxes), num_anchors_per_level, k)  # 2-3. (K, G)
+    thresh = candidate_threshold(ious.gather(0, cand))  # 4. (G,)
+    return atss_select(ious, cand, thresh, anchor_ctr, gt_boxes)  # 4-6.
 
 
 def pair_inside(points: Tensor, boxes: Tensor, margin: float = 0.01) -> Tensor:

@@ -5,7 +5,9 @@ import torch
 from torch import Tensor
 
 from ..boxes import box_centers, box_iou
-from .atss import atss_candidates, pair_inside
+from .atss import atss_candidates, atss_select, candidate_threshold
+
+__all__ = ["dynamic_atss_assign"]
 
 
 @torch.no_grad()
@@ -37,18 +39,10 @@ def dynamic_atss_assign(
                 torch.zeros(num_anchors, dtype=pred_boxes.dtype, device=anchors.device))
     p = box_iou(pred_boxes, gt_boxes, offset=offset)  # 1. (A, G)
     q = box_iou(anchors, gt_boxes, offset=offset)  # (A, G)
-    s = p + q
-    anchor_ctr = box_centers(anchors)
-    cand = atss_candidates(anchor_ctr, box_centers(gt_boxes), num_anchors_per_level, topk * num_anchors_per_location)  # 2. (K, G)
-    cp, cq = p.gather(0, cand), q.gather(0, cand)  # (K, G)
-    thresh = cp.mean(0) + cq.mean(0) + cp.std(0) + cq.std(0)  # 3. (G,)
-    is_pos = s.gather(0, cand) >= thresh[None]  # (K, G)
-    gt_idx = torch.arange(num_gts, device=anchors.device).expand_as(cand)
-    is_pos &= pair_inside(anchor_ctr[cand.reshape(-1)], gt_boxes[gt_idx.reshape(-1)]).view_as(is_pos)  # 4.
-    masked = torch.full_like(s, -1e8)  # 5. (A, G)
-    sel = (cand * num_gts + gt_idx)[is_pos]
-    masked.view(-1)[sel] = s.view(-1)[sel]
-    best, best_gt = masked.max(dim=1)
-    matched = torch.where(best > -1e8, best_gt, torch.full_like(best_gt, -1))
+    anchor_ctr = box_centers(anchors)  # (A, 2)
+    k = topk * num_anchors_per_location
+    cand = atss_candidates(anchor_ctr, box_centers(gt_boxes), num_anchors_per_level, k)  # 2. (K, G)
+    thresh = candidate_threshold(p.gather(0, cand), q.gather(0, cand))  # 3. (G,)
+    matched = atss_select(p + q, cand, thresh, anchor_ctr, gt_boxes)  # 4-5. (A,)
     iou_target = p.gather(1, matched.clamp(min=0)[:, None]).squeeze(1)  # (A,)
     return matched, iou_target
