@@ -70,30 +70,14 @@ class FPN(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def rpn_match(iou: Tensor, high: float, low: float, *, low_quality: str = "mmdet") -> Tensor:
     """GT index per anchor from a (G, A) IoU matrix: -1 background, -2 ignore.
 
-    1. best IoU >= ``high`` -> its argmax GT; < ``low`` -> -1; in between -> -2.
-    2. Low-quality matches, for every GT g, the anchors whose IoU with g equals g's best IoU:
-       ``"mmdet"`` (``MaxIoUAssigner``, ``min_pos_iou = low``, ``gt_max_assign_all``): when that
-       best IoU >= ``low`` they are matched to g (GTs in order, a later one wins);
-       ``"detectron2"`` (and maskrcnn-benchmark, torchvision): they are matched to their own
-       argmax GT, whatever the IoU (:func:`~assigndet.assign.max_iou.max_iou_match`).
+    :func:`~assigndet.assign.max_iou.max_iou_match` with the RPN's low-quality rule
+    (``LowQuality`` or its spelling): ``"mmdet"`` (``MaxIoUAssigner``, ``min_pos_iou = low``,
+    ``gt_max_assign_all``) or ``"detectron2"`` (and maskrcnn-benchmark, torchvision).
     """
-    if low_quality == "detectron2":
-        return max_iou_match(iou, high, low, allow_low_quality=True)
-    if low_quality != "mmdet":
-        raise ValueError(f"rpn_low_quality must be 'mmdet' or 'detectron2', got {low_quality!r}")
-    matches = max_iou_match(iou, high, low, allow_low_quality=False)  # (A,)
-    G, A = iou.shape
-    if G == 0 or A == 0:
-        return matches
-    gt_best = iou.max(dim=1).values  # (G,)
-    hit = (iou == gt_best[:, None]) & (gt_best[:, None] >= low)  # (G, A)
-    gt_ids = torch.arange(G, device=iou.device)[:, None].expand(G, A)
-    last = torch.where(hit, gt_ids, -1).amax(dim=0)  # (A,) the last GT that claims the anchor
-    return torch.where(last >= 0, last, matches)
+    return max_iou_match(iou, high, low, low_quality, min_pos_iou=low)
 
 
 class RPNHead(_TVRPNHead):
