@@ -11,7 +11,7 @@ import pytest
 
 from test_engine import loss_table, make_shapes
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parent  # tests/: test_engine.py (imported by the subprocess) lives here
 TINY_REAL = ["model.backbone.depth=18", "model.backbone.base_width=8", "model.backbone.norm=frozen_bn",
              "model.fpn_channels=16", "model.head_convs=1", "model.input.min_size_train=[160]",
              "model.input.max_size_train=200", "model.input.min_size_test=160", "model.input.max_size_test=200",
@@ -80,7 +80,6 @@ def test_torchrun_two_processes_equal_one_process_standin(tmp_path):
 
 
 def test_torchrun_two_processes_equal_one_process_real_model(square_shapes, tmp_path):
-    pytest.importorskip("assigndet.detectors")
     args = ["-m", "assigndet", "train", "atss_R_18_shapes", "--no-progress", f"data.root={square_shapes}",
             *TINY_REAL]
     _run([sys.executable, *args, "--out", str(tmp_path / "one")], timeout=180)

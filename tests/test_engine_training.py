@@ -14,8 +14,6 @@ import pytest
 
 from test_engine import loss_table, read_metrics
 
-pytest.importorskip("assigndet.detectors")
-
 MAX_ITER = 60
 TINY = ["model.backbone.depth=18", "model.backbone.base_width=8", "model.fpn_channels=16", "model.head_convs=1",
         "model.input.min_size_train=[96]", "model.input.max_size_train=160", "model.input.min_size_test=96",

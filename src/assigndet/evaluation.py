@@ -1,6 +1,7 @@
-"""COCO box evaluation with faster-coco-eval (a pycocotools-compatible C++ implementation).
+"""Inference and COCO box evaluation (faster-coco-eval, a pycocotools-compatible C++ implementation).
 
-``predictions_to_coco`` turns model outputs (xyxy boxes in original-image pixels, 0-based
+:func:`inference` runs a model over images; :func:`evaluate` runs it, distributed, over a
+config's validation split and scores the gathered detections. ``predictions_to_coco`` turns model outputs (xyxy boxes in original-image pixels, 0-based
 contiguous labels) into COCO result records; ``evaluate_coco`` runs COCOeval and returns a flat
 dict of metrics as fractions in [0, 1] (``-1`` where COCO has nothing to measure, e.g. APs when
 the ground truth has no small object), with the per-class AP table under ``"per_class"``.
@@ -16,8 +17,20 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
+from faster_coco_eval import COCO, COCOeval_faster
+from torch import nn
 
-from .utils import atomic_write_text
+from .checkpoints import unwrap_model
+from .config import Config
+from .data import CocoDetection, build_dataset, build_test_loader
+from .solver import autocast
+from .utils import (all_gather_object, atomic_write_text, broadcast_object, get_rank, get_rng_state, get_world_size,
+                    is_dist, is_main_process, set_rng_state, to_device)
+from .variants import AMP
+
+EVAL_FILE = "eval.json"
+EVAL_HISTORY_FILE = "eval_history.jsonl"
+DETECTIONS_FILE = "detections.json"
 
 #: the 12 numbers COCOeval.summarize() prints, in its order (pycocotools ``stats``)
 STAT_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR", "ARs", "ARm", "ARl")
@@ -49,9 +62,7 @@ def predictions_to_coco(predictions: Mapping[int, Mapping[str, torch.Tensor]], c
     return out
 
 
-def _load_gt(gt: Any):
-    from faster_coco_eval import COCO
-
+def _load_gt(gt: Any) -> COCO:
     if isinstance(gt, COCO):
         return gt
     if isinstance(gt, (str, os.PathLike)):
@@ -72,8 +83,6 @@ def evaluate_coco(gt: Any, results: list[dict[str, Any]], *, image_ids: Optional
     AP90, per_class: {class name: AP}, num_images, num_detections}``; ``AR`` is AR@100.
     With ``verbose`` the usual COCO summary is printed.
     """
-    from faster_coco_eval import COCOeval_faster
-
     coco_gt = _load_gt(gt)
     lines: list[str] = []
     coco_dt = coco_gt.loadRes(list(results)) if results else coco_gt.loadRes([])
@@ -134,3 +143,108 @@ def format_metrics(metrics: Mapping[str, Any]) -> str:
         lines += [f"  {n:<{width}}  {100 * v:6.2f}" if v >= 0 else f"  {n:<{width}}  {'-':>6}"
                   for n, v in per_class.items()]
     return "\n".join(lines)
+
+
+# ================================================================================ model inference
+def _to_cpu(pred: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu() for k, v in pred.items()}
+
+
+@torch.no_grad()
+def inference(model: nn.Module, images: Iterable[torch.Tensor], *, batch_size: int = 1,
+              device: Optional[torch.device] = None, amp: AMP | str = AMP.off) -> list[dict[str, torch.Tensor]]:
+    """Run ``model`` (eval mode) over ``images`` (each ``[3, H, W]`` uint8 or float 0..1);
+    returns one ``dict(boxes, scores, labels)`` per image, on the CPU."""
+    model = unwrap_model(model)
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out: list[dict[str, torch.Tensor]] = []
+    batch: list[torch.Tensor] = []
+    try:
+        for im in list(images) + [None]:  # type: ignore[list-item]
+            if im is not None:
+                batch.append(im)
+            if batch and (im is None or len(batch) == batch_size):
+                with autocast(amp, device):
+                    preds = model(to_device(batch, None, device)[0])
+                out += [_to_cpu(p) for p in preds]
+                batch = []
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _infer_shard(model: nn.Module, dataset, cfg: Config, device: torch.device) -> dict[int, dict]:
+    """This process's detections ``{image_id: prediction}`` on its strided shard of ``dataset``;
+    the RNG states and the model's train/eval mode are left as they were."""
+    world, rank = get_world_size(), get_rank()
+    loader = build_test_loader(dataset, batch_size=max(1, cfg.test.ims_per_batch // world),
+                               num_workers=cfg.test.num_workers, world_size=world, rank=rank)
+    amp = AMP.off if cfg.solver.amp is AMP.fp16 and device.type != "cuda" else cfg.solver.amp
+    rng = get_rng_state()  # iterating a DataLoader draws its base seed from the global RNG
+    was_training = model.training
+    model.eval()
+    local: dict[int, dict[str, torch.Tensor]] = {}
+    try:
+        for images, targets in loader:
+            with autocast(amp, device):
+                preds = model(to_device(images, None, device)[0])
+            for t, p in zip(targets, preds):
+                local[int(t["image_id"])] = _to_cpu(p)
+    finally:
+        model.train(was_training)
+        set_rng_state(rng)
+    return local
+
+
+def _score(preds: dict[int, dict], dataset: CocoDetection, output_dir: Optional[str | os.PathLike],
+           iteration: Optional[int], verbose: bool) -> dict[str, Any]:
+    """COCO metrics of the gathered ``preds``; writes the result files into ``output_dir``."""
+    results = predictions_to_coco(preds, dataset.category_ids, offset=dataset.offset)
+    metrics = evaluate_coco(str(dataset.ann_file), results, image_ids=list(preds.keys()))
+    if iteration is not None:
+        metrics["iteration"] = int(iteration)
+    if output_dir is not None:
+        out = Path(output_dir)
+        save_results_json(out / DETECTIONS_FILE, results)
+        write_eval_json(out / EVAL_FILE, metrics)
+        with open(out / EVAL_HISTORY_FILE, "a") as f:
+            f.write(json.dumps({k: v for k, v in metrics.items() if k != "per_class"}) + "\n")
+    if verbose:
+        at = f" at iteration {iteration}" if iteration is not None else ""
+        print(f"evaluation on {metrics['num_images']} images{at}:\n{format_metrics(metrics)}", flush=True)
+    return metrics
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, cfg: Config, output_dir: Optional[str | os.PathLike] = None, *,
+             dataset: Optional[CocoDetection] = None, iteration: Optional[int] = None,
+             verbose: bool = True) -> dict[str, Any]:
+    """COCO evaluation of ``model`` on ``cfg.data``'s validation split (or ``dataset``).
+
+    Each process infers its strided shard of the first ``cfg.test.max_images`` images (all when
+    0); rank 0 gathers the detections, writes ``detections.json`` (COCO results) and
+    ``eval.json`` (metrics as fractions, COCO AP under ``"AP"``, ``"per_class"``), and appends a
+    line to ``eval_history.jsonl``. Every process returns the metrics. The global RNG states
+    are left untouched (so evaluating during training does not change the training run).
+    """
+    model = unwrap_model(model)
+    device = next(model.parameters()).device
+    base = dataset if dataset is not None else build_dataset(cfg, train=False)
+    shown = base
+    if 0 < cfg.test.max_images < len(base):
+        shown = torch.utils.data.Subset(base, range(cfg.test.max_images))
+    local = _infer_shard(model, shown, cfg, device)
+    gathered = all_gather_object(local) if is_dist() else [local]
+    metrics: Optional[dict[str, Any]] = None
+    if is_main_process():
+        preds: dict[int, dict[str, torch.Tensor]] = {}
+        for part in gathered:
+            preds.update(part)
+        metrics = _score(preds, base, output_dir, iteration, verbose)
+    return broadcast_object(metrics)
+
+
+__all__ = ["STAT_KEYS", "EXTRA_IOUS", "EVAL_FILE", "EVAL_HISTORY_FILE", "DETECTIONS_FILE", "predictions_to_coco",
+           "evaluate_coco", "save_results_json", "write_eval_json", "format_metrics", "inference", "evaluate"]

@@ -10,11 +10,13 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from .errors import ConfigError
 
 
 # --------------------------------------------------------------------------------------- devices
@@ -25,12 +27,20 @@ def resolve_device(name: str = "auto") -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            from .config import ConfigError
-
             raise ConfigError(f"device={name!r} was asked for but CUDA is not available (use device=cpu)")
         if device.index is None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
     return device
+
+
+def to_device(images: Sequence[torch.Tensor], targets: Optional[Sequence[dict]], device: torch.device
+              ) -> tuple[list[torch.Tensor], Optional[list[dict]]]:
+    """``images`` and the tensors of ``targets`` (None: no targets) on ``device`` (non-blocking)."""
+    moved = [im.to(device, non_blocking=True) for im in images]
+    if targets is None:
+        return moved, None
+    return moved, [{k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in t.items()}
+                   for t in targets]
 
 
 # ---------------------------------------------------------------------------------- distributed
