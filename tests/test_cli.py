@@ -35,7 +35,6 @@ def shapes(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(shapes, tmp_path_factory):
-    pytest.importorskip("assigndet.detectors")
     out = tmp_path_factory.mktemp("cli_run")
     assert main(["train", DEMO_PRESET, "--out", str(out), "--no-progress", f"data.root={shapes}", *TINY]) == 0
     return out
@@ -57,14 +56,41 @@ def test_unknown_preset(capsys, tmp_path):
     assert "unknown preset 'atss_nope'" in _error_line(capsys)
 
 
+def test_presets_show_prints_the_resolved_config_as_yaml(capsys):
+    from omegaconf import OmegaConf
+
+    from assigndet.config import config_to_yaml
+    from assigndet.presets import get_preset
+
+    assert main(["presets", "--show", "paa_R_50_FPN_1x"]) == 0
+    out = capsys.readouterr().out
+    assert out == config_to_yaml(get_preset("paa_R_50_FPN_1x"))
+    shown = OmegaConf.create(out)
+    assert shown.model.arch == "paa" and shown.model.paa_variant == "original" and shown.solver.max_iter == 90000
+
+
+def test_presets_show_unknown_name_is_a_one_line_error(capsys):
+    assert main(["presets", "--show", "atss_nope"]) == 2
+    assert "unknown preset 'atss_nope'" in _error_line(capsys)
+
+
 def test_unknown_key_and_bad_value(capsys, tmp_path):
     assert main(["train", DEMO_PRESET, "--out", str(tmp_path), "solver.nope=1"]) == 2
     assert "Key 'nope' not in 'SolverConfig'" in _error_line(capsys)
     assert main(["train", DEMO_PRESET, "solver.max_iter=many", "--out", str(tmp_path)]) == 2
     assert "solver.max_iter=many" in _error_line(capsys)
-    assert main(["train", DEMO_PRESET, "--out", str(tmp_path), "solver.ims_per_batch=3", "solver.max_iter=1",
-                 "device=cpu", "data.root=/nonexistent"]) == 2
-    capsys.readouterr()
+
+
+def test_batch_not_divisible_by_the_processes(capsys, tmp_path, shapes, monkeypatch):
+    """A real dataset and settings, two processes (the world size torchrun would give): the only
+    error left is the total batch of 3."""
+    import assigndet.engine
+
+    monkeypatch.setattr(assigndet.engine, "get_world_size", lambda: 2)
+    assert main(["train", DEMO_PRESET, "--out", str(tmp_path), f"data.root={shapes}", *TINY,
+                 "solver.ims_per_batch=3", "solver.max_iter=1"]) == 2
+    line = _error_line(capsys)
+    assert "solver.ims_per_batch=3" in line and "not divisible by the 2 processes" in line
 
 
 def test_missing_dataset_path(capsys, tmp_path):
@@ -144,7 +170,6 @@ def test_train_eval_predict(trained, shapes, tmp_path, capsys):
 
 
 def test_demo(tmp_path, capsys):
-    pytest.importorskip("assigndet.detectors")
     out, data = tmp_path / "demo", tmp_path / "data"
     assert main(["demo", "--out", str(out), "--data", str(data), "--train", "4", "--val", "2", "--num-images", "2",
                  "--no-progress", *TINY]) == 0

@@ -6,7 +6,7 @@
     assigndet eval PRESET --weights W [--out DIR] [key=value ...]
     assigndet predict --weights W [--preset P] IMAGES_OR_DIR ... --out DIR [--score-thresh 0.3]
     assigndet data shapes --out DIR --train N --val M --seed S
-    assigndet presets
+    assigndet presets [--show NAME]
     assigndet convert IN.pth OUT.safetensors --preset NAME [key=value ...]
     assigndet demo [--out runs/demo] [--data data/shapes]
 
@@ -25,6 +25,7 @@ import os
 import re
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -33,34 +34,19 @@ from typing import Any, Optional, Sequence
 # training iteration ~10x slower; an explicit OMP_WAIT_POLICY in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+# Only modules that load no torch are imported here; the commands import the torch-based ones
+# (engine, evaluation, detectors, data, checkpoints, viz, utils) inside their functions, so that
+# `assigndet --help` / `presets` stay fast and OMP_WAIT_POLICY is set before torch loads (there is no
+# import cycle to dodge).
+from .config import apply_overrides, config_from_yaml, config_to_yaml  # noqa: E402
+from .errors import ConfigError, InputError, UserError  # noqa: E402
+from .presets import PRESETS, PUBLISHED_AP, PUBLISHED_NOTES, get_preset, load_config  # noqa: E402
+
 #: the small preset trained by ``assigndet demo`` on the generated shapes dataset
 DEMO_PRESET = "atss_R_18_shapes"
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
-
-class InputError(ValueError):
-    """A bad command-line input (image path, weights file, ...)."""
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from .checkpoints import CheckpointError
-    from .config import ConfigError
-
-    errors: list[type[BaseException]] = [ConfigError, CheckpointError, InputError, FileNotFoundError]
-    try:
-        from .data import DatasetError
-
-        errors.append(DatasetError)
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from .detectors import TargetError
-
-        errors.append(TargetError)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errors)
+#: what the command line reports as one line with exit code 2
+USER_ERRORS = (UserError, FileNotFoundError)
 
 
 def _say(*args: Any, **kw: Any) -> None:
@@ -72,136 +58,46 @@ def _say(*args: Any, **kw: Any) -> None:
 
 
 # ======================================================================================= helpers
-def _load_model(cfg, weights: Optional[str]):
-    from .engine import default_build_model
-    from .released import load_detector_weights
+def _load_model(cfg, weights: str):
+    """The configured detector on ``cfg.device`` in eval mode with ``weights`` loaded (this
+    library's files or a released ``.pth``); returns ``(model, LoadReport)``."""
+    from .checkpoints import load_weights
+    from .detectors import build_model
     from .utils import resolve_device
 
-    device = resolve_device(cfg.device)
-    model = default_build_model(cfg.model)
-    report = None
-    if weights is not None:
-        report = load_detector_weights(model, weights)  # this library's files and released .pth
-    return model.to(device).eval(), report
+    model = build_model(cfg.model)
+    report = load_weights(model, weights)
+    return model.to(resolve_device(cfg.device)).eval(), report
 
 
-def _class_names(cfg, weights: Optional[str], num_classes: int) -> list[str]:
+def _class_names(cfg, metadata: dict[str, str], num_classes: int) -> list[str]:
     """From the weights' metadata, else the config's validation annotations, else numbers."""
-    names: Optional[list[str]] = None
-    if weights and str(weights).endswith(".safetensors"):
+    from .data import dataset_paths
+
+    def attempt(read) -> Optional[list[str]]:
         try:
-            from safetensors import safe_open
+            return read()
+        except Exception:  # noqa: BLE001  (missing, unreadable or malformed: the next source)
+            return None
 
-            with safe_open(str(weights), framework="pt") as f:
-                meta = f.metadata() or {}
-            if "class_names" in meta:
-                names = list(json.loads(meta["class_names"]))
-        except Exception:  # noqa: BLE001  (no or unreadable metadata: fall back)
-            names = None
+    ann = dataset_paths(cfg.data, train=False)[1]
+    names = attempt(lambda: list(json.loads(metadata["class_names"])))
     if names is None:
-        from .engine import _data_path
-
-        ann = _data_path(cfg.data.root, cfg.data.val_ann)
-        if ann.is_file():
-            try:
-                cats = json.loads(ann.read_text())["categories"]
-                names = [c["name"] for c in sorted(cats, key=lambda c: c["id"])]
-            except Exception:  # noqa: BLE001
-                names = None
-    if names is None or len(names) != num_classes:
-        names = [str(i) for i in range(num_classes)]
-    return names
+        names = attempt(lambda: [c["name"] for c in sorted(json.loads(ann.read_text())["categories"],
+                                                            key=lambda c: c["id"])])
+    return names if names is not None and len(names) == num_classes else [str(i) for i in range(num_classes)]
 
 
-def _collect_images(inputs: Sequence[str]) -> list[Path]:
-    paths: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
-            if not found:
-                raise InputError(f"no image files in directory {p}")
-            paths += found
-        elif p.is_file():
-            paths.append(p)
-        else:
-            raise InputError(f"image not found: {p}")
-    return paths
-
-
-def _read_image(path: Path):
-    """RGB uint8 (3, H, W) via Pillow (EXIF orientation ignored, like the COCO loaders)."""
-    import numpy as np
-    import torch
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"))  # (H, W, 3)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
-        raise InputError(f"cannot read image {path}: {reason}") from None
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()  # (3, H, W)
-
-
-def draw_predictions(image, pred: dict, class_names: Sequence[str], score_thresh: float):
-    """``image`` uint8 (3, H, W) with the boxes scoring ≥ ``score_thresh`` drawn and labelled."""
-    from torchvision.utils import draw_bounding_boxes
-
-    keep = pred["scores"] >= score_thresh
-    boxes = pred["boxes"][keep].float()
-    labels = [f"{class_names[int(c)]} {float(s):.2f}" for c, s in zip(pred["labels"][keep], pred["scores"][keep])]
-    if len(boxes) == 0:
-        return image
-    h, w = image.shape[-2:]
-    boxes = boxes.clone()
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w - 1)
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h - 1)
-    return draw_bounding_boxes(image, boxes, labels=labels, width=2)
-
-
-def _write_image(image, path: Path) -> None:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image.permute(1, 2, 0).cpu().numpy()).save(path)  # (H, W, 3)
-
-
-def plot_loss_curve(metrics_file: Path, png: Path) -> Optional[Path]:
-    """Loss curves (every loss and the total) from ``metrics.jsonl`` → PNG (matplotlib Agg)."""
-    if not metrics_file.is_file():
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-    if not rows:
-        return None
-    keys = [k for k in rows[0] if k not in ("iteration", "lr", "time", "data_time")]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    its = [r["iteration"] for r in rows]
-    for k in keys:
-        ax.plot(its, [r.get(k, float("nan")) for r in rows], label=k, linewidth=2 if k == "total" else 1)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return png
+def _check_weights_file(weights: str) -> None:
+    if not Path(weights).is_file():
+        raise InputError(f"weights file not found: {weights}")
 
 
 # ====================================================================================== commands
 def cmd_presets(args) -> int:
-    from . import presets  # noqa: F401  (registers)
-    from .config import PRESETS, PUBLISHED_AP
-    from .zoo import PUBLISHED_NOTES
-
+    if args.show is not None:
+        print(config_to_yaml(get_preset(args.show)), end="")
+        return 0
     width = max((len(n) for n in PRESETS), default=10)
     print(f"{'preset':<{width}}  published AP")
     for name in sorted(PRESETS):
@@ -214,20 +110,16 @@ def cmd_presets(args) -> int:
 
 def cmd_convert(args) -> int:
     """A released ``.pth`` (or any loadable weights) -> this library's ``.safetensors``."""
-    from .checkpoints import save_weights
-    from .config import config_to_yaml, load_config
+    from .checkpoints import load_weights, save_weights
     from .detectors import build_model
-    from .released import detect_layout, load_detector_weights, read_checkpoint
 
     src, dst = Path(args.input), Path(args.output)
-    if not src.is_file():
-        raise InputError(f"weights file not found: {src}")
+    _check_weights_file(args.input)
     if dst.suffix != ".safetensors":
         raise InputError(f"the output must be a .safetensors file, got {dst}")
     cfg = load_config(args.preset, args.overrides)
     model = build_model(cfg.model)
-    layout = detect_layout(read_checkpoint(src)) if src.suffix != ".safetensors" else "assigndet"
-    load_detector_weights(model, src)  # every check: layout, anchors, missing/unexpected/mis-shaped keys
+    layout = load_weights(model, src).layout  # every check: layout, anchors, classifier, keys, shapes
     save_weights(model, dst, metadata={"preset": args.preset, "source": src.name, "source_layout": layout,
                                        "config": config_to_yaml(cfg)})
     n = len(model.state_dict())
@@ -247,7 +139,6 @@ def cmd_data_shapes(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .config import load_config
     from .engine import destroy_distributed, train
 
     cfg = load_config(args.preset, args.overrides)
@@ -261,13 +152,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .config import load_config
-    from .engine import destroy_distributed, evaluate
+    from .engine import destroy_distributed
+    from .evaluation import evaluate
     from .utils import init_distributed, resolve_device
 
     cfg = load_config(args.preset, args.overrides)
-    if not Path(args.weights).is_file():
-        raise InputError(f"weights file not found: {args.weights}")
+    _check_weights_file(args.weights)
     init_distributed(resolve_device(cfg.device))
     try:
         model, _ = _load_model(cfg, args.weights)
@@ -281,24 +171,17 @@ def cmd_eval(args) -> int:
 
 
 def _predict_config(args):
-    from .config import apply_overrides, config_from_yaml, load_config
-
     beside = Path(args.weights).parent / "config.yaml"
     if beside.is_file():
         return apply_overrides(config_from_yaml(str(beside)), args.overrides)
     if args.preset:
         return load_config(args.preset, args.overrides)
-    from .config import ConfigError
-
     raise ConfigError(f"no config.yaml beside {args.weights}; pass --preset NAME")
 
 
-def cmd_predict(args) -> int:
-    from .engine import inference
-
-    if not Path(args.weights).is_file():
-        raise InputError(f"weights file not found: {args.weights}")
-    # key=value overrides may sit among the image paths (argparse puts them into ``inputs``)
+def _split_inputs(args) -> list[str]:
+    """The image paths of ``args.inputs``; ``key=value`` overrides among them (argparse puts them
+    there) move to ``args.overrides``."""
     inputs = []
     for item in args.inputs:
         if _OVERRIDE.match(item) and not Path(item).exists():
@@ -307,40 +190,54 @@ def cmd_predict(args) -> int:
             inputs.append(item)
     if not inputs:
         raise InputError("no input images given")
-    paths = _collect_images(inputs)
+    return inputs
+
+
+def _predict_one(model, path: Path, names: list[str], score_thresh: float, out: Path, name: str) -> dict:
+    """Detect, draw into ``out / name``; the record of ``predictions.json``."""
+    from .evaluation import inference
+    from .viz import draw_predictions, read_image, write_image
+
+    image = read_image(path)
+    pred = inference(model, [image])[0]
+    keep = pred["scores"] >= score_thresh
+    dets = [{"box": [round(float(v), 2) for v in b], "score": round(float(s), 4), "label": int(c),
+             "class_name": names[int(c)]}
+            for b, s, c in zip(pred["boxes"][keep], pred["scores"][keep], pred["labels"][keep])]
+    write_image(draw_predictions(image, pred, names, score_thresh), out / name)
+    return {"file": str(path), "output": name, "width": int(image.shape[2]), "height": int(image.shape[1]),
+            "detections": dets}
+
+
+def cmd_predict(args) -> int:
+    from .utils import atomic_write_text
+    from .viz import collect_images
+
+    _check_weights_file(args.weights)
+    paths = collect_images(_split_inputs(args))
     cfg = _predict_config(args)
-    model, _ = _load_model(cfg, args.weights)
-    names = _class_names(cfg, args.weights, cfg.model.num_classes)
+    model, report = _load_model(cfg, args.weights)
+    names = _class_names(cfg, report.metadata, cfg.model.num_classes)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     records = []
     used: set[str] = set()
     for path in paths:
-        image = _read_image(path)
-        pred = inference(model, [image])[0]
-        keep = pred["scores"] >= args.score_thresh
-        dets = [{"box": [round(float(v), 2) for v in b], "score": round(float(s), 4), "label": int(c),
-                 "class_name": names[int(c)]}
-                for b, s, c in zip(pred["boxes"][keep], pred["scores"][keep], pred["labels"][keep])]
-        stem = path.stem
-        name, k = f"{stem}.png", 1
+        name, k = f"{path.stem}.png", 1
         while name in used:
-            name, k = f"{stem}_{k}.png", k + 1
+            name, k = f"{path.stem}_{k}.png", k + 1
         used.add(name)
-        _write_image(draw_predictions(image, pred, names, args.score_thresh), out / name)
-        records.append({"file": str(path), "output": name, "width": int(image.shape[2]),
-                        "height": int(image.shape[1]), "detections": dets})
-        print(f"{path}: {len(dets)} detections -> {out / name}")
-    from .utils import atomic_write_text
-
+        records.append(_predict_one(model, path, names, args.score_thresh, out, name))
+        print(f"{path}: {len(records[-1]['detections'])} detections -> {out / name}")
     atomic_write_text(out / "predictions.json", json.dumps(records, indent=1) + "\n")
     return 0
 
 
 def cmd_demo(args) -> int:
-    from .config import load_config
-    from .data import generate_shapes
-    from .engine import build_dataset, inference, train
+    from .data import build_dataset, generate_shapes
+    from .engine import train
+    from .evaluation import inference
+    from .viz import draw_predictions, plot_loss_curve, write_image
 
     data = Path(args.data)
     if not (data / "annotations" / "instances_train.json").is_file():
@@ -353,20 +250,14 @@ def cmd_demo(args) -> int:
     if result.interrupted:
         return result.exit_code
     # a few drawn predictions on validation images
-    from .checkpoints import load_weights, unwrap_model
-    from .engine import default_build_model
-    from .utils import resolve_device
-
-    model = default_build_model(cfg.model)
-    load_weights(model, out / "model_final.safetensors")
-    model = model.to(resolve_device(cfg.device)).eval()
+    model, _ = _load_model(cfg, str(out / "model_final.safetensors"))
     val = build_dataset(cfg, train=False)
     names = list(val.class_names)
     for i in range(min(args.num_images, len(val))):
         image, target = val[i]
-        pred = inference(unwrap_model(model), [image])[0]
-        _write_image(draw_predictions(image, pred, names, args.score_thresh), out / "predictions" /
-                     f"{int(target['image_id'])}.png")
+        pred = inference(model, [image])[0]
+        write_image(draw_predictions(image, pred, names, args.score_thresh),
+                    out / "predictions" / f"{int(target['image_id'])}.png")
     png = plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png")
     metrics = result.metrics or json.loads((out / "eval.json").read_text())
     print(f"demo finished: AP {100 * metrics['AP']:.2f} on {metrics['num_images']} validation images; "
@@ -375,13 +266,8 @@ def cmd_demo(args) -> int:
 
 
 # ======================================================================================== parser
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="assigndet", description="ATSS / PAA detectors: train, evaluate, predict.",
-        epilog="Overrides are key=value pairs checked against the config schema, e.g. solver.base_lr=0.005. "
-               "Add --debug to any command to see tracebacks.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_run_parsers(sub) -> None:
+    """train, eval, predict."""
     p = sub.add_parser("train", help="train a preset")
     p.add_argument("preset")
     p.add_argument("--out", required=True, help="output directory (checkpoints, logs, eval.json)")
@@ -405,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-thresh", type=float, default=0.3)
     p.set_defaults(func=cmd_predict, overrides=[])  # key=value overrides may follow the images
 
+
+def _add_tool_parsers(sub) -> None:
+    """data, presets, convert, demo."""
     p = sub.add_parser("data", help="datasets")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="DATASET")
     q = dsub.add_parser("shapes", help="generate the COCO-format shapes dataset")
@@ -416,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-side", type=int, default=None)
     q.set_defaults(func=cmd_data_shapes, overrides=[])
 
-    p = sub.add_parser("presets", help="list presets with their published AP")
+    p = sub.add_parser("presets", help="list presets with their published AP, or --show one's config")
+    p.add_argument("--show", metavar="NAME", default=None, help="print the resolved config of preset NAME (YAML)")
     p.set_defaults(func=cmd_presets, overrides=[])
 
     p = sub.add_parser("convert", help="convert a released .pth checkpoint to .safetensors for a preset")
@@ -437,13 +327,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="assigndet", description="ATSS / PAA detectors: train, evaluate, predict.",
+        epilog="Overrides are key=value pairs checked against the config schema, e.g. solver.base_lr=0.005. "
+               "Add --debug to any command to see tracebacks.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run_parsers(sub)
+    _add_tool_parsers(sub)
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
+def _parse(argv: list[str]) -> argparse.Namespace:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value pairs may come after options (argparse stops collecting positionals there)
@@ -454,27 +351,50 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not hasattr(args, "overrides") or args.command in ("presets", "data"):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
+    return args
+
+
+def _error_line(e: BaseException) -> str:
+    msg = " ".join(str(e).split("\n")) if str(e) else type(e).__name__
+    if isinstance(e, FileNotFoundError) and e.filename and str(e.filename) not in msg:
+        msg = f"{msg}: {e.filename}"
+    return f"assigndet: error: {msg}"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    args = _parse([a for a in argv if a != "--debug"])
     try:
         return int(args.func(args) or 0)
-    except _user_errors() as e:
+    except (*USER_ERRORS, FloatingPointError, KeyboardInterrupt) as e:
         if debug:
             traceback.print_exc()
-        msg = " ".join(str(e).split("\n")) if str(e) else type(e).__name__
-        if isinstance(e, FileNotFoundError) and e.filename and str(e.filename) not in msg:
-            msg = f"{msg}: {e.filename}"
-        print(f"assigndet: error: {msg}", file=sys.stderr)
+        if isinstance(e, KeyboardInterrupt):
+            print("assigndet: interrupted", file=sys.stderr)
+            return 130
+        if isinstance(e, FloatingPointError):  # a non-finite training loss: a failure, not a user error
+            print(f"assigndet: error: {e}", file=sys.stderr)
+            return 1
+        print(_error_line(e), file=sys.stderr)
         return 2
-    except FloatingPointError as e:
-        if debug:
-            traceback.print_exc()
-        print(f"assigndet: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        if debug:
-            traceback.print_exc()
-        print("assigndet: interrupted", file=sys.stderr)
-        return 130
 
+
+_MOVED_TO_VIZ = ("draw_predictions", "plot_loss_curve", "IMAGE_SUFFIXES")
+
+
+def __getattr__(name: str):
+    """Deprecated (one release): ``assigndet.cli.draw_predictions``, ``plot_loss_curve`` and
+    ``IMAGE_SUFFIXES`` are now in :mod:`assigndet.viz` (looked up on use: importing the CLI loads no torch)."""
+    if name in _MOVED_TO_VIZ:
+        from . import viz
+
+        warnings.warn(f"assigndet.cli.{name} moved to assigndet.viz.{name}", DeprecationWarning, stacklevel=2)
+        return getattr(viz, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["main", "build_parser", "DEMO_PRESET", "InputError", "USER_ERRORS"]
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
