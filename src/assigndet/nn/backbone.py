@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import FrozenBatchNorm2d
 
+from ..variants import BackboneStyle, Norm
 from .dcn import DeformConv
 
 log = logging.getLogger("assigndet")
@@ -24,7 +25,7 @@ _BLOCKS = {18: (BasicBlock, [2, 2, 2, 2]), 34: (BasicBlock, [3, 4, 6, 3]), 50: (
            101: (Bottleneck, [3, 4, 23, 3]), 152: (Bottleneck, [3, 8, 36, 3])}
 
 
-def _group_norm(channels: int) -> nn.GroupNorm:
+def group_norm(channels: int) -> nn.GroupNorm:
     """GroupNorm(32, C) as the original; narrower layers keep at least 2 channels per group so that
     a 1x1 map (P7 of a small image) still normalises over more than one value."""
     groups = math.gcd(32, channels)
@@ -33,14 +34,39 @@ def _group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(groups, channels)
 
 
-def norm_layer_factory(norm: str, *, frozen_bn_eps: float = 0.0):
-    if norm == "frozen_bn":
+def norm_layer_factory(norm: Norm | str, *, frozen_bn_eps: float = 0.0):
+    """The normalisation layer constructor (channels -> module) named by ``norm``."""
+    norm = Norm(norm)
+    if norm is Norm.frozen_bn:
         return partial(FrozenBatchNorm2d, eps=frozen_bn_eps)
-    if norm == "bn":
-        return nn.BatchNorm2d
-    if norm == "gn":
-        return _group_norm
-    raise ValueError(f"unknown backbone norm {norm!r} (expected frozen_bn, bn or gn)")
+    return nn.BatchNorm2d if norm is Norm.bn else group_norm
+
+
+def _stage(block, n: int, inplanes: int, planes: int, stride: int, *, style: BackboneStyle, groups: int,
+           width_per_group: int, norm_layer, dcn: bool) -> tuple[nn.Sequential, int]:
+    """One ResNet stage of ``n`` blocks -> (the stage, its output channels). ``style`` caffe2: the
+    stride of the first block sits in its 1x1 conv; ``dcn``: modulated DCN v2 as every 3x3 conv."""
+    downsample = None
+    if stride != 1 or inplanes != planes * block.expansion:
+        downsample = nn.Sequential(
+            nn.Conv2d(inplanes, planes * block.expansion, kernel_size=1, stride=stride, bias=False),
+            norm_layer(planes * block.expansion),
+        )
+    kw = dict(groups=groups, base_width=width_per_group, norm_layer=norm_layer) if block is Bottleneck else dict(norm_layer=norm_layer)
+    blocks = [block(inplanes, planes, stride, downsample, **kw)]
+    inplanes = planes * block.expansion
+    blocks += [block(inplanes, planes, **kw) for _ in range(1, n)]
+    if style is BackboneStyle.caffe2 and block is Bottleneck and stride != 1:
+        blocks[0].conv1.stride = (stride, stride)  # STRIDE_IN_1X1
+        blocks[0].conv2.stride = (1, 1)
+    if dcn:
+        if block is not Bottleneck:
+            raise ValueError("deformable convs (stage_with_dcn) need a bottleneck ResNet (depth >= 50)")
+        for blk in blocks:  # modulated DCN v2 replaces the 3x3 conv (names conv2.offset / conv2.conv)
+            c = blk.conv2
+            blk.conv2 = DeformConv(c.in_channels, c.out_channels, 3, stride=c.stride[0], padding=1,
+                                   groups=c.groups, bias=False)
+    return nn.Sequential(*blocks), inplanes
 
 
 class ResNetBody(nn.Module):
@@ -53,8 +79,8 @@ class ResNetBody(nn.Module):
         groups: int = 1,
         width_per_group: int = 64,
         base_width: int = 64,
-        style: str = "caffe2",
-        norm: str = "frozen_bn",
+        style: BackboneStyle | str = BackboneStyle.caffe2,
+        norm: Norm | str = Norm.frozen_bn,
         frozen_bn_eps: float = 0.0,
         freeze_at: int = 2,
         stage_with_dcn: tuple[bool, ...] | list[bool] = (False, False, False, False),
@@ -64,8 +90,7 @@ class ResNetBody(nn.Module):
             raise ValueError(f"stage_with_dcn needs 4 entries (c2..c5), got {list(stage_with_dcn)}")
         if depth not in _BLOCKS:
             raise ValueError(f"unsupported ResNet depth {depth} (expected one of {sorted(_BLOCKS)})")
-        if style not in ("caffe2", "pytorch"):
-            raise ValueError(f"unknown backbone style {style!r} (expected 'caffe2' or 'pytorch')")
+        style = BackboneStyle(style)
         block, layers = _BLOCKS[depth]
         norm_layer = norm_layer_factory(norm, frozen_bn_eps=frozen_bn_eps)
         self.conv1 = nn.Conv2d(3, base_width, kernel_size=7, stride=2, padding=3, bias=False)
@@ -75,29 +100,10 @@ class ResNetBody(nn.Module):
         inplanes = base_width
         self.out_channels: list[int] = []
         for i, n in enumerate(layers):
-            planes = base_width * 2**i
-            stride = 1 if i == 0 else 2
-            downsample = None
-            if stride != 1 or inplanes != planes * block.expansion:
-                downsample = nn.Sequential(
-                    nn.Conv2d(inplanes, planes * block.expansion, kernel_size=1, stride=stride, bias=False),
-                    norm_layer(planes * block.expansion),
-                )
-            kw = dict(groups=groups, base_width=width_per_group, norm_layer=norm_layer) if block is Bottleneck else dict(norm_layer=norm_layer)
-            blocks = [block(inplanes, planes, stride, downsample, **kw)]
-            inplanes = planes * block.expansion
-            blocks += [block(inplanes, planes, **kw) for _ in range(1, n)]
-            if style == "caffe2" and block is Bottleneck and stride != 1:
-                blocks[0].conv1.stride = (stride, stride)  # STRIDE_IN_1X1
-                blocks[0].conv2.stride = (1, 1)
-            if stage_with_dcn[i]:
-                if block is not Bottleneck:
-                    raise ValueError("deformable convs (stage_with_dcn) need a bottleneck ResNet (depth >= 50)")
-                for blk in blocks:  # modulated DCN v2 replaces the 3x3 conv (names conv2.offset / conv2.conv)
-                    c = blk.conv2
-                    blk.conv2 = DeformConv(c.in_channels, c.out_channels, 3, stride=c.stride[0], padding=1,
-                                           groups=c.groups, bias=False)
-            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+            stage, inplanes = _stage(block, n, inplanes, base_width * 2**i, 1 if i == 0 else 2, style=style,
+                                     groups=groups, width_per_group=width_per_group, norm_layer=norm_layer,
+                                     dcn=stage_with_dcn[i])
+            setattr(self, f"layer{i + 1}", stage)
             self.out_channels.append(inplanes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

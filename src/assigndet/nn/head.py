@@ -6,8 +6,21 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .backbone import _group_norm
+from ..variants import HeadNorm
+from .backbone import group_norm
 from .dcn import DeformConv
+
+
+def flatten_levels(maps: list[Tensor], per_anchor: int) -> Tensor:
+    """Per-level head outputs (B, A*K, H, W) -> (B, sum_l H_l W_l A, K), levels concatenated in
+    the anchors' order (location-major, then anchor; SPEC §1.5); K = ``per_anchor`` values per anchor."""
+    out = []
+    for m in maps:
+        B, AK, H, W = m.shape
+        A = AK // per_anchor
+        m = m.view(B, A, per_anchor, H, W).permute(0, 3, 4, 1, 2)  # (B, H, W, A, K)
+        out.append(m.reshape(B, H * W * A, per_anchor))  # (B, HWA, K)
+    return torch.cat(out, dim=1)
 
 
 class Scale(nn.Module):
@@ -21,7 +34,7 @@ class Scale(nn.Module):
         return x * self.scale
 
 
-def _tower(channels: int, num_convs: int, *, bias: bool, norm: str, dcn_last: bool = False) -> nn.Sequential:
+def _tower(channels: int, num_convs: int, *, bias: bool, norm: HeadNorm, dcn_last: bool = False) -> nn.Sequential:
     """[conv3x3, GN, ReLU] x num_convs; with ``dcn_last`` the last conv is a modulated DCN
     (``USE_DCN_IN_TOWER``; state-dict names ``{3 (n - 1)}.offset.*`` / ``{3 (n - 1)}.conv.*``)."""
     layers: list[nn.Module] = []
@@ -30,10 +43,8 @@ def _tower(channels: int, num_convs: int, *, bias: bool, norm: str, dcn_last: bo
             layers.append(DeformConv(channels, channels, 3, padding=1, bias=bias))
         else:
             layers.append(nn.Conv2d(channels, channels, 3, padding=1, bias=bias))
-        if norm == "gn":
-            layers.append(_group_norm(channels))
-        elif norm != "none":
-            raise ValueError(f"unknown head norm {norm!r} (expected 'gn' or 'none')")
+        if norm is HeadNorm.gn:
+            layers.append(group_norm(channels))
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
 
@@ -56,10 +67,11 @@ class DenseHead(nn.Module):
         num_levels: int = 5,
         prior_prob: float = 0.01,
         conv_bias: bool = True,
-        norm: str = "gn",
+        norm: HeadNorm | str = HeadNorm.gn,
         dcn_last: bool = False,
     ) -> None:
         super().__init__()
+        norm = HeadNorm(norm)
         self.num_classes = num_classes
         self.num_anchors = num_anchors
         self.cls_tower = _tower(in_channels, num_convs, bias=conv_bias, norm=norm, dcn_last=dcn_last)
@@ -79,17 +91,13 @@ class DenseHead(nn.Module):
         #: the focal-loss prior: every class starts at probability ``prior_prob``
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
 
-    def _flatten(self, x: Tensor, k: int) -> Tensor:
-        b, _, h, w = x.shape
-        x = x.view(b, self.num_anchors, k, h, w).permute(0, 3, 4, 1, 2)  # (B, H, W, A, K)
-        return x.reshape(b, h * w * self.num_anchors, k)  # (B, HWA, K)
-
     def forward(self, features: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         logits, deltas, quality = [], [], []
         for feat, scale in zip(features, self.scales):
             c = self.cls_tower(feat)
             t = self.bbox_tower(feat)
-            logits.append(self._flatten(self.cls_logits(c), self.num_classes))
-            deltas.append(self._flatten(scale(self.bbox_pred(t)), 4))
-            quality.append(self._flatten(self.quality(t), 1))
-        return torch.cat(logits, 1), torch.cat(deltas, 1), torch.cat(quality, 1).squeeze(2)
+            logits.append(self.cls_logits(c))  # (B, A*C, H, W)
+            deltas.append(scale(self.bbox_pred(t)))  # (B, A*4, H, W)
+            quality.append(self.quality(t))  # (B, A, H, W)
+        return (flatten_levels(logits, self.num_classes), flatten_levels(deltas, 4),
+                flatten_levels(quality, 1).squeeze(2))

@@ -10,8 +10,11 @@ from PIL import Image
 from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
+from ..variants import ResizeRule
 
-def resize_size(height: int, width: int, min_size: int, max_size: int, rule: str = "mrcnn") -> tuple[int, int]:
+
+def resize_size(height: int, width: int, min_size: int, max_size: int,
+                rule: ResizeRule | str = ResizeRule.mrcnn) -> tuple[int, int]:
     """The resized (H, W).
 
     ``rule="mrcnn"`` (maskrcnn-benchmark): short side ``min_size`` unless the long side would pass
@@ -21,13 +24,12 @@ def resize_size(height: int, width: int, min_size: int, max_size: int, rule: str
     ``int(scale * side)``. ``"mmdet"`` (mmcv ``rescale_size``): the same scale, sides
     ``int(side * scale + 0.5)``.
     """
-    if rule in ("minimal", "mmdet"):
+    rule = ResizeRule(rule)
+    if rule is not ResizeRule.mrcnn:
         scale = min(min_size / min(height, width), max_size / max(height, width)) if max_size > 0 \
             else min_size / min(height, width)
-        half = 0.5 if rule == "mmdet" else 0.0
+        half = 0.5 if rule is ResizeRule.mmdet else 0.0
         return int(height * scale + half), int(width * scale + half)
-    if rule != "mrcnn":
-        raise ValueError(f"unknown resize rule {rule!r} (expected 'mrcnn', 'minimal' or 'mmdet')")
     size = min_size
     short, long = min(width, height), max(width, height)
     if max_size > 0 and long / short * size > max_size:
@@ -80,6 +82,19 @@ def _warn_no_opencv() -> None:
                       stacklevel=3)
 
 
+def pad_batch(images: list[Tensor], size_divisible: int) -> Tensor:
+    """Images (3, H_i, W_i) -> one zero-padded batch (B, 3, H, W), H and W the largest sides
+    rounded up to a multiple of ``size_divisible``; each image at the top left."""
+    d = size_divisible
+    hmax = max(x.shape[1] for x in images)
+    wmax = max(x.shape[2] for x in images)
+    hmax, wmax = (hmax + d - 1) // d * d, (wmax + d - 1) // d * d
+    batch = images[0].new_zeros((len(images), 3, hmax, wmax))  # (B, 3, H, W)
+    for b, x in zip(batch, images):
+        b[:, : x.shape[1], : x.shape[2]].copy_(x)
+    return batch
+
+
 class ImageTransform(nn.Module):
     """Images of any size (uint8 0..255 or float 0..1, RGB) -> a padded normalised batch.
 
@@ -99,11 +114,10 @@ class ImageTransform(nn.Module):
         pixel_mean: list[float],
         pixel_std: list[float],
         exact_test_resize: bool = True,
-        resize_rule: str = "mrcnn",
+        resize_rule: ResizeRule | str = ResizeRule.mrcnn,
     ) -> None:
         super().__init__()
-        resize_size(2, 3, 2, 3, resize_rule)  # validates the rule
-        self.resize_rule = resize_rule
+        self.resize_rule = ResizeRule(resize_rule)
         if len(min_size_train) not in (1, 2):
             raise ValueError(f"min_size_train must be [S] or [lo, hi], got {min_size_train}")
         self.min_size_train = list(min_size_train)
@@ -129,7 +143,7 @@ class ImageTransform(nn.Module):
             return image
         exact = image.dtype == torch.uint8 and not self.training and self.exact_test_resize \
             and image.device.type == "cpu"
-        if self.resize_rule == "mmdet":  # OpenCV bilinear (half-pixel centres, no antialias)
+        if self.resize_rule is ResizeRule.mmdet:  # OpenCV bilinear (half-pixel centres, no antialias)
             if exact:
                 if opencv_available():
                     return cv2_resize_uint8(image, size)
@@ -147,6 +161,11 @@ class ImageTransform(nn.Module):
             x = x.flip(0)  # RGB -> BGR; mean and std are on the 0..255 scale either way
         return (x - self.pixel_mean) / self.pixel_std
 
+    def prepare(self, image: Tensor, size: tuple[int, int]) -> Tensor:
+        """One image (3, H, W) resized to ``size`` (H', W') and normalised -> (3, H', W'), unpadded
+        (test-time augmentation builds its runs from it)."""
+        return self._normalise(self._resize(image, size))
+
     def forward(self, images: list[Tensor], targets: list[dict] | None = None):
         out, sizes, new_targets = [], [], []
         max_size = self.max_size_train if self.training else self.max_size_test
@@ -155,18 +174,11 @@ class ImageTransform(nn.Module):
                 raise ValueError(f"image {i}: expected a (3, H, W) tensor, got shape {tuple(img.shape)}")
             h, w = img.shape[-2:]
             size = resize_size(h, w, self._target_short_side(), max_size, self.resize_rule)
-            out.append(self._normalise(self._resize(img, size)))
+            out.append(self.prepare(img, size))
             sizes.append(size)
             if targets is not None:
                 t = dict(targets[i])
                 ratio = torch.tensor([size[1] / w, size[0] / h, size[1] / w, size[0] / h], device=img.device)
                 t["boxes"] = t["boxes"].to(self.pixel_mean.dtype) * ratio
                 new_targets.append(t)
-        d = self.size_divisible
-        hmax = max(s[0] for s in sizes)
-        wmax = max(s[1] for s in sizes)
-        hmax, wmax = (hmax + d - 1) // d * d, (wmax + d - 1) // d * d
-        batch = out[0].new_zeros((len(out), 3, hmax, wmax))
-        for b, x in zip(batch, out):
-            b[:, : x.shape[1], : x.shape[2]].copy_(x)
-        return batch, sizes, (new_targets if targets is not None else None)
+        return pad_batch(out, self.size_divisible), sizes, (new_targets if targets is not None else None)
