@@ -72,22 +72,56 @@ def test_missing_and_bad_files(tmp_path):
         load_weights(nn.Linear(2, 2), other)
 
 
-def test_pth_default_and_hook(tmp_path):
+def test_pth_of_a_state_dict_loads_with_the_prefix_stripped(tmp_path):
     m = nn.Linear(2, 3)
-    p = tmp_path / "released.pth"
+    p = tmp_path / "own.pth"
     torch.save({"model": {f"module.{k}": v for k, v in m.state_dict().items()}, "iteration": 3}, p)
     n = nn.Linear(2, 3)
-    load_weights(n, p)
+    rep = load_weights(n, p)
+    assert rep.ok and rep.layout == "assigndet"
     assert torch.equal(n.weight, m.weight)
-    calls = []
-    previous = ck._PTH_LOADER
-    ck.register_pth_loader(lambda path, model: calls.append(path) or {"weight": torch.ones(3, 2),
-                                                                       "bias": torch.zeros(3)})
-    try:
-        load_weights(n, p)
-    finally:
-        ck.register_pth_loader(previous)
-    assert calls and torch.equal(n.weight, torch.ones(3, 2))
+
+
+class RPNLike(nn.Module):
+    """A plain module whose own key names look like a released layout (``rpn.*``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rpn = nn.Module()
+        self.rpn.head = nn.Linear(2, 2)
+
+
+def test_importing_the_detectors_installs_no_loader_hook(tmp_path):
+    """Loading is one explicit function: importing the detectors changes nothing in it, and a
+    model that is not a dense detector gets its own ``.pth`` back unconverted even when its keys
+    look like maskrcnn-benchmark's."""
+    import assigndet.detectors  # noqa: F401  (formerly installed a global .pth hook)
+
+    assert not hasattr(ck, "register_pth_loader") and not hasattr(ck, "_PTH_LOADER")
+    m = RPNLike()
+    p = tmp_path / "rpn_like.pth"
+    torch.save(m.state_dict(), p)
+    n = RPNLike()
+    rep = load_weights(n, p)
+    assert rep.ok and rep.layout == "assigndet" and torch.equal(n.rpn.head.weight, m.rpn.head.weight)
+
+
+def test_forced_layout_needs_a_dense_detector(tmp_path):
+    p = tmp_path / "w.pth"
+    torch.save(nn.Linear(2, 2).state_dict(), p)
+    with pytest.raises(ValueError, match="unknown checkpoint layout 'caffe'"):
+        load_weights(nn.Linear(2, 2), p, layout="caffe")
+    with pytest.raises(CheckpointError, match="released checkpoints load into"):
+        load_weights(nn.Linear(2, 2), p, layout="maskrcnn_benchmark")
+
+
+def test_deprecated_alias_warns_and_loads(tmp_path):
+    m = nn.Linear(2, 3)
+    path = save_weights(m, tmp_path / "w.safetensors")
+    n = nn.Linear(2, 3)
+    with pytest.warns(DeprecationWarning, match="checkpoints.load_weights"):
+        rep = ck.load_detector_weights(n, path)
+    assert rep.ok and torch.equal(n.weight, m.weight)
 
 
 def test_training_state_weights_only_with_rng(tmp_path):

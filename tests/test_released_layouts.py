@@ -113,9 +113,9 @@ def test_finetuning_builder_for_training(tmp_path, tiny_overrides, caplog):
     """``pretrained_builder`` is a ``build_model_fn`` for ``engine.train``: weights of another class
     count load with a fresh classifier (safetensors too), and are refused without the flag."""
     from assigndet.checkpoints import save_weights
-    from assigndet.config import load_config
+    from assigndet.presets import load_config
     from assigndet.detectors import build_model
-    from assigndet.released import pretrained_builder
+    from assigndet.engine import pretrained_builder
 
     torch.manual_seed(0)
     src = build_model(load_config("atss_R_18_shapes", tiny_overrides).model)  # 3 classes

@@ -13,32 +13,37 @@ Every file is written atomically (temporary file in the same directory, fsync, `
 and ``last_checkpoint`` is rewritten only after both files of a checkpoint are complete, so a
 crash at any moment leaves the previous checkpoint intact and pointed to.
 
-Released ``.pth`` checkpoints of the original repositories use other key names; their conversion
-is a hook (:func:`register_pth_loader`) that the detector code installs.
+:func:`load_weights` is the one way to load weights into a model: this library's
+``.safetensors`` and ``.pth`` files and the released checkpoints of the original repositories,
+whose key names :mod:`assigndet.released` converts (``layout="auto"`` recognises them).
 """
 from __future__ import annotations
 
 import io
+import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
+from .errors import CheckpointError
+from .released import CLASSIFIER_KEYS, RELEASED_ARCHS, check_layout, convert_state_dict, read_checkpoint
 from .utils import atomic_write_bytes, atomic_write_text
 
+log = logging.getLogger("assigndet")
+
 WEIGHTS_SUFFIX = ".safetensors"
+#: the suffixes of torch files (this library's ``.pth`` or a released checkpoint)
+PTH_SUFFIXES = (".pth", ".pt", ".pkl", ".bin")
 STATE_SUFFIX = ".state.pt"
 LAST_CHECKPOINT = "last_checkpoint"
 FINAL_NAME = "model_final"
 _MAX_KEYS_SHOWN = 8
-
-
-class CheckpointError(ValueError):
-    """A missing, unreadable or incompatible checkpoint file (a user error)."""
 
 
 # ------------------------------------------------------------------------------------ weights
@@ -92,42 +97,11 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
         return load_file(str(path)), meta
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"cannot read weights file {path}: {e}") from None
-
-
-_PTH_LOADER: Optional[Callable[[str, torch.nn.Module], Mapping[str, torch.Tensor]]] = None
-
-
-def register_pth_loader(fn: Optional[Callable[[str, torch.nn.Module], Mapping[str, torch.Tensor]]]) -> None:
-    """Install the converter for released ``.pth``/``.pkl`` checkpoints: ``fn(path, model)``
-    returns a state dict in this library's key names (for the given model)."""
-    global _PTH_LOADER
-    _PTH_LOADER = fn
-
-
-def _default_pth_state(path: str) -> dict[str, torch.Tensor]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  (unpickling errors come in many types)
-        raise CheckpointError(f"cannot read {path} with torch.load(weights_only=True): {str(e).splitlines()[0]}") \
-            from None
-    if isinstance(obj, Mapping):
-        for key in ("model", "state_dict"):
-            if key in obj and isinstance(obj[key], Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path} does not hold a state dict")
-    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
 
 
 @dataclass
@@ -136,6 +110,7 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)  # key, file, model
     metadata: dict[str, str] = field(default_factory=dict)
+    layout: str = "assigndet"  # the layout the file was read as (assigndet.released.LAYOUTS)
 
     @property
     def ok(self) -> bool:
@@ -158,28 +133,17 @@ class LoadReport:
         return "; ".join(parts)
 
 
-def load_weights(model: torch.nn.Module, path: str | os.PathLike, *, strict: bool = True) -> LoadReport:
-    """Load a ``.safetensors`` file (or, through the registered hook, a released ``.pth``)
-    into ``model``.
+def load_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: str, strict: bool = True,
+               metadata: Optional[Mapping[str, str]] = None, layout: str = "assigndet") -> LoadReport:
+    """Load an in-memory state dict (this library's key names) into ``model``.
 
     With ``strict=True`` any missing, unexpected or mis-shaped key raises a
-    :class:`CheckpointError` that names the keys; with ``strict=False`` the compatible entries
-    are loaded and the returned :class:`LoadReport` lists the rest.
+    :class:`CheckpointError` that names the keys and ``source``; with ``strict=False`` the
+    compatible entries are loaded and the returned :class:`LoadReport` lists the rest.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"weights file not found: {path}")
     model = unwrap_model(model)
-    meta: dict[str, str] = {}
-    if path.suffix == WEIGHTS_SUFFIX:
-        state, meta = read_weights(path)
-    elif path.suffix in (".pth", ".pt", ".pkl", ".bin"):
-        state = dict(_PTH_LOADER(str(path), model)) if _PTH_LOADER is not None else _default_pth_state(str(path))
-    else:
-        raise CheckpointError(f"unsupported weights file type {path.suffix!r} (expected .safetensors or .pth): {path}")
-
     expected = model.state_dict()
-    report = LoadReport(metadata=meta)
+    report = LoadReport(metadata=dict(metadata or {}), layout=layout)
     report.missing = [k for k in expected if k not in state]
     report.unexpected = [k for k in state if k not in expected]
     loadable = {}
@@ -191,10 +155,87 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike, *, strict: boo
         else:
             loadable[k] = v
     if strict and not report.ok:
-        raise CheckpointError(f"weights file {path} does not match the model: {report.describe()}")
+        raise CheckpointError(f"weights file {source} does not match the model: {report.describe()}")
     model.load_state_dict(loadable, strict=False)
     return report
 
+
+def _check_classifier(state: dict[str, torch.Tensor], model: torch.nn.Module, source: str) -> dict[str, torch.Tensor]:
+    """Re-initialise (``model.reinit_classifier``) or refuse a classifier of another class count."""
+    own = model.state_dict()
+    if not all(k in own for k in CLASSIFIER_KEYS):
+        return state
+    w_key, b_key = CLASSIFIER_KEYS
+    if getattr(getattr(model, "cfg", None), "reinit_classifier", False):
+        n_file = state[b_key].shape[0] if b_key in state else "?"
+        state = dict(state)
+        for k in CLASSIFIER_KEYS:
+            state[k] = own[k].detach().clone()
+        log.info("reinitialised the classifier (%s: %s classes in %s -> %d in the model) for fine-tuning",
+                 ", ".join(CLASSIFIER_KEYS), n_file, source, own[b_key].shape[0])
+        return state
+    w = state.get(w_key)
+    if w is not None and w.shape[0] != own[w_key].shape[0]:  # another class count (other shapes: a layout error)
+        num_anchors = getattr(getattr(model, "anchor_generator", None), "num_anchors_per_location", 1)
+        n_file, n_own = w.shape[0] // num_anchors, own[b_key].shape[0] // num_anchors
+        b_file = list(state[b_key].shape) if b_key in state else "?"
+        raise CheckpointError(
+            f"{source} has a classifier for {n_file} classes ({w_key} {list(w.shape)}, {b_key} {b_file}) "
+            f"but the model has {n_own} ({list(own[w_key].shape)}): set model.num_classes={n_file}, or "
+            "model.reinit_classifier=true to fine-tune with a fresh classifier")
+    return state
+
+
+def _released_layout(model: torch.nn.Module, layout: str, is_pth: bool) -> str:
+    """The layout to convert from: ``layout`` unless "auto"; auto recognises released layouts in
+    the ``.pth`` files of the architectures they exist for, and is this library's own otherwise."""
+    if check_layout(layout) != "auto":
+        return layout
+    arch = getattr(getattr(model, "cfg", None), "arch", None)
+    return "auto" if is_pth and arch in RELEASED_ARCHS else "assigndet"
+
+
+def load_weights(model: torch.nn.Module, path: str | os.PathLike, *, layout: str = "auto",
+                 strict: bool = True) -> LoadReport:
+    """Load weights into ``model``: a ``.safetensors`` file of this library, a ``.pth`` of
+    ``model.state_dict()``, or a checkpoint released by the original repositories (SPEC §7).
+
+    ``layout``: ``"auto"`` recognises the released layouts by their key names (for the dense
+    detectors' ``.pth`` files; a ``.safetensors`` file is this library's); one of
+    :data:`assigndet.released.LAYOUTS` forces it. Released files are converted by
+    :func:`assigndet.released.convert_state_dict` (stored anchors compared with the model's). A
+    classifier of another class count is refused with a clear error, or re-initialised when the
+    model's config says ``reinit_classifier``. ``strict``: see :func:`load_state`; the report
+    also names the layout the file was read as.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    model = unwrap_model(model)
+    meta: dict[str, str] = {}
+    if path.suffix == WEIGHTS_SUFFIX:
+        state, meta = read_weights(path)
+    elif path.suffix in PTH_SUFFIXES:
+        state = read_checkpoint(path)
+    else:
+        raise CheckpointError(f"unsupported weights file type {path.suffix!r} (expected .safetensors or .pth): {path}")
+    layout = _released_layout(model, layout, path.suffix in PTH_SUFFIXES)
+    if layout != "assigndet":
+        gen = getattr(model, "anchor_generator", None)
+        state, layout = convert_state_dict(state, getattr(model, "cfg", None), model.state_dict().keys(),
+                                           layout=layout, anchor_cells=gen.cells() if gen is not None else None,
+                                           source=str(path))
+        if layout != "assigndet":
+            log.info("%s: %s layout, %d tensors mapped", path, layout, len(state))
+    state = _check_classifier(state, model, str(path))
+    return load_state(model, state, source=str(path), strict=strict, metadata=meta, layout=layout)
+
+
+def load_detector_weights(model: torch.nn.Module, path: str | os.PathLike, *, strict: bool = True) -> LoadReport:
+    """Deprecated (one release): ``assigndet.released.load_detector_weights`` is now :func:`load_weights`."""
+    warnings.warn("load_detector_weights is deprecated: use assigndet.checkpoints.load_weights", DeprecationWarning,
+                  stacklevel=2)
+    return load_weights(model, path, strict=strict)
 
 # ------------------------------------------------------------------------------ training state
 def save_training_state(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
@@ -257,7 +298,8 @@ def state_path_for(weights_path: str | os.PathLike) -> Path:
 
 
 __all__ = [
-    "CheckpointError", "LoadReport", "save_weights", "read_weights", "load_weights", "register_pth_loader",
+    "CheckpointError", "LoadReport", "save_weights", "read_weights", "load_weights", "load_state",
+    "load_detector_weights", "PTH_SUFFIXES",
     "save_training_state", "load_training_state", "save_checkpoint", "last_checkpoint", "checkpoint_name",
     "state_path_for", "unwrap_model", "WEIGHTS_SUFFIX", "STATE_SUFFIX", "LAST_CHECKPOINT",
     "FINAL_NAME",

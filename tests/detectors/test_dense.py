@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import assigndet
-from assigndet.config import load_config
+from assigndet.presets import load_config
 from assigndet.detectors import TargetError, build_model
 
 

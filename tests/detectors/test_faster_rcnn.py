@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import assigndet
-from assigndet.config import PUBLISHED_AP, load_config
+from assigndet.presets import PUBLISHED_AP, load_config
 from assigndet.detectors import TargetError, build_model
 from assigndet.detectors.faster_rcnn import FasterRCNN
 from assigndet.detectors.rcnn_parts import RPN, LevelRoIAlign, paa_proposal_logit, rpn_match
@@ -25,13 +25,11 @@ TINY = [
     "model.input.min_size_test=64",
     "model.input.max_size_test=96",
     "model.rcnn.box_head_dim=32",
-    "model.rcnn.iounet.head_dim=32",
     "model.rcnn.rpn_pre_nms_top_n_train=200",
     "model.rcnn.rpn_post_nms_top_n_train=64",
     "model.rcnn.rpn_pre_nms_top_n_test=200",
     "model.rcnn.rpn_post_nms_top_n_test=64",
     "model.rcnn.box_batch_size_per_image=32",
-    "model.rcnn.iounet.sample_num=64",
 ]
 
 
@@ -106,14 +104,43 @@ def test_eval_output_format_in_original_pixels(preset):
     check_eval_output(tiny(preset, ["model.score_thresh=0.0"]).eval())  # untrained: keep every score
 
 
-def test_targets_are_checked_and_shifted():
+def test_targets_are_checked_and_labels_shifted_for_torchvision(monkeypatch):
+    """0-based labels go into torchvision's RoI heads as 1..C (0 = background) and come out 0-based:
+    the targets the heads see are the input labels + 1, the detections are the heads' labels - 1."""
+    from torchvision.models.detection.roi_heads import RoIHeads
+
     m = tiny().train()
-    imgs, targets = images_and_targets(1)
-    targets[0]["labels"] = torch.tensor([2])  # the last class is accepted (background is internal)
+    imgs, targets = images_and_targets(2)
+    seen = []
+    real_select = RoIHeads.select_training_samples
+
+    def spy_select(self, proposals, tv_targets):
+        seen.append([t["labels"].clone() for t in tv_targets])
+        return real_select(self, proposals, tv_targets)
+
+    monkeypatch.setattr(RoIHeads, "select_training_samples", spy_select)
     m(imgs, targets)
-    targets[0]["labels"] = torch.tensor([3])
+    assert [s.tolist() for s in seen[0]] == [(t["labels"] + 1).tolist() for t in targets]  # [[1, 3], [2]]
+    targets[0]["labels"] = torch.tensor([2, 3])  # 3 = num_classes: refused (background is internal)
     with pytest.raises(TargetError):
         m(imgs, targets)
+
+    m.eval()
+    real_post = RoIHeads.postprocess_detections
+    raw = []
+
+    def spy_post(self, *args):
+        out = real_post(self, *args)
+        raw.append(out[2])
+        return out
+
+    monkeypatch.setattr(RoIHeads, "postprocess_detections", spy_post)
+    m.roi_heads.score_thresh = 0.0  # untrained: keep every class
+    with torch.no_grad():
+        dets = m(imgs)
+    assert all(len(lab) and lab.min() >= 1 for lab in raw[0])  # torchvision's labels: 1..C
+    for d, lab in zip(dets, raw[0]):
+        assert torch.equal(d["labels"], lab - 1) and d["labels"].min() >= 0
 
 
 def test_training_reduces_the_loss():

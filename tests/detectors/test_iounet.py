@@ -7,16 +7,20 @@ import torch
 
 import assigndet
 from assigndet.boxes import box_iou
-from assigndet.config import PUBLISHED_AP, load_config
+from assigndet.presets import PUBLISHED_AP, load_config
 from assigndet.detectors import build_model
 from assigndet.detectors import iounet as iounet_mod
 from assigndet.detectors.iounet import (IoUBalancedRoIGenerator, IoUHead, IoUNet, apply_deltas, delta_iou_bins,
                                         delta_mesh)
-from assigndet.detectors.rcnn_parts import RCNNHeads
+from assigndet.detectors.rcnn_parts import rcnn_detect
 from assigndet.ops import MultiScalePrRoIPool
 from assigndet.ops.prroi_pool import map_roi_levels
 from assigndet.postprocess.iou_nms import refine_boxes
-from test_faster_rcnn import TINY, check_eval_output, images_and_targets
+from test_faster_rcnn import TINY as TINY_RCNN
+from test_faster_rcnn import check_eval_output, images_and_targets
+
+#: the tiny two-stage model of test_faster_rcnn with a small IoU head and few generated RoIs
+TINY = TINY_RCNN + ["model.rcnn.iounet.head_dim=32", "model.rcnn.iounet.sample_num=64"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -264,7 +268,7 @@ def test_ablation_switches(monkeypatch):
 
     # IoU head unused at test: Faster R-CNN's post-processing, no IoU head, no IoU-NMS, no refinement
     dets, (feats, proposals, sizes) = _detect(m, imgs, test_iou_head=False)
-    plain = RCNNHeads.detect(m.roi_heads, feats, proposals, sizes)
+    plain = rcnn_detect(m.roi_heads, feats, proposals, sizes)
     assert not head.calls and not nms.calls and not refine.calls
     for d, p in zip(dets, plain):
         torch.testing.assert_close(d["boxes"], p["boxes"])

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from assigndet.config import load_config
+from assigndet.presets import load_config
 from assigndet.detectors import build_model
-from assigndet.tta import remove_boxes_out_of_range, vote_merge
+from assigndet.detectors.tta import remove_boxes_out_of_range, vote_merge
 
 
 def naive_vote(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, thresh: float, soft: bool,

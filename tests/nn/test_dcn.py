@@ -100,7 +100,7 @@ def test_original_dcn_keys_map():
              "backbone.body.layer3.2.conv2.conv.weight": torch.ones(256, 256, 3, 3),
              "rpn.head.cls_tower.9.offset.bias": torch.ones(27),
              "rpn.head.bbox_tower.9.conv.weight": torch.ones(256, 256, 3, 3)}
-    out, layout = convert_state_dict(state, m)
+    out, layout = convert_state_dict(state, m.cfg, m.state_dict().keys())
     assert layout == "maskrcnn_benchmark"
     own = m.state_dict()
     assert set(out) == {"body.layer3.2.conv2.offset.weight", "body.layer3.2.conv2.conv.weight",
@@ -109,7 +109,7 @@ def test_original_dcn_keys_map():
 
 
 def test_dcn_detector_trains_and_predicts(tiny_overrides):
-    from assigndet.config import load_config
+    from assigndet.presets import load_config
     from assigndet.detectors import build_model
 
     torch.manual_seed(0)
@@ -133,7 +133,7 @@ def test_mmdet_dcn_keys_map():
              "backbone.layer3.0.conv2.conv_offset.weight": torch.ones(27, 256, 3, 3),
              "backbone.layer3.0.conv2.conv_offset.bias": torch.ones(27),
              "backbone.layer2.0.conv2.weight": torch.ones(128, 128, 3, 3)}
-    out, layout = convert_state_dict(state, m)
+    out, layout = convert_state_dict(state, m.cfg, m.state_dict().keys())
     assert layout == "mmdet"
     assert set(out) == {"body.layer3.0.conv2.conv.weight", "body.layer3.0.conv2.offset.weight",
                         "body.layer3.0.conv2.offset.bias", "body.layer2.0.conv2.weight"}

@@ -8,8 +8,8 @@ from torch import Tensor
 
 from ..assign import dynamic_atss_assign
 from ..losses import bce_sum, reduce_mean, weighted_giou_sum
-from .atss import ATSS, gather_targets
-from .base import zero_loss
+from .base import DenseDetector
+from .common import atss_anchors_per_location, gather_targets, zero_loss
 
 
 def quality_focal_loss_sum(logits: Tensor, labels: Tensor, quality: Tensor, *, gamma: float = 2.0) -> Tensor:
@@ -27,14 +27,21 @@ def quality_focal_loss_sum(logits: Tensor, labels: Tensor, quality: Tensor, *, g
     return (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight).sum()
 
 
-class DynamicATSS(ATSS):
-    """Dynamic ATSS: the ``quality`` branch (``centerness`` in the original's state dict) predicts IoU."""
+class DynamicATSS(DenseDetector):
+    """Dynamic ATSS: the ``quality`` branch (``centerness`` in the original's state dict) predicts IoU.
+
+    ``cfg``: a ``DynamicATSSModelConfig``. Inference is ATSS's: candidates ranked by p q
+    (mmdetection: its ATSS rules).
+    """
+
+    sqrt_rank = False
+    mmdet_rule = "atss"
 
     def compute_losses(self, logits, deltas, quality, anchors, num_per_level, targets) -> dict[str, Tensor]:
         c = self.cfg
         B, A, C = logits.shape
         pred_all = self.coder.decode(deltas.detach().reshape(-1, 4), anchors.repeat(B, 1)).view(B, A, 4)  # (B, A, 4)
-        a = self.anchor_generator.num_anchors_per_location if c.anchor_style == "mrcnn" else 1
+        a = atss_anchors_per_location(c, self.anchor_generator.num_anchors_per_location)
         matched, ious = zip(*[
             dynamic_atss_assign(anchors, num_per_level, t["boxes"], pred_all[i], topk=c.topk, offset=self.offset,
                                 num_anchors_per_location=a)

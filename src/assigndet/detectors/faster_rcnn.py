@@ -17,57 +17,44 @@ in the input images' pixels in eval mode.
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
-from ..config import ModelConfig
-from ..nn import ImageTransform, ResNetBody, load_backbone_weights
-from .base import check_targets
+from ..ops import MultiScalePrRoIPool
+from ..variants import RoIPool
+from .common import build_body, build_transform, check_targets, to_input_pixels
 from .rcnn_parts import FPN, RPN, LevelRoIAlign, RCNNHeads
 
 #: The RoI heads pool P2-P5.
 ROI_STRIDES = (4, 8, 16, 32)
 
 
-def build_pooler(cfg: ModelConfig) -> nn.Module:
+def build_pooler(cfg) -> nn.Module:
     """The RoI feature extractor named by ``model.rcnn.roi_pool`` over P2-P5."""
     r = cfg.rcnn
-    if r.roi_pool == "roi_align":
-        return LevelRoIAlign(ROI_STRIDES, r.roi_output_size, r.roi_sampling_ratio)
-    if r.roi_pool == "prroi":
-        from ..ops import MultiScalePrRoIPool
-
+    if r.roi_pool is RoIPool.prroi:
         return MultiScalePrRoIPool(len(ROI_STRIDES), r.roi_output_size, ROI_STRIDES)
-    raise ValueError(f"model.rcnn.roi_pool must be 'roi_align' or 'prroi', got {r.roi_pool!r}")
+    return LevelRoIAlign(ROI_STRIDES, r.roi_output_size, r.roi_sampling_ratio)
 
 
 class FasterRCNN(nn.Module):
-    """Backbone + FPN P2-P6 + RPN (optionally PAA-assigned) + RoI box head."""
+    """Backbone + FPN P2-P6 + RPN (optionally PAA-assigned) + RoI box head.
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    ``cfg``: a ``FasterRCNNModelConfig`` (or, through :class:`~.iounet.IoUNet`, an ``IoUNetModelConfig``).
+    """
+
+    def __init__(self, cfg) -> None:
         super().__init__()
         self.cfg = cfg
         r = cfg.rcnn
-        b = cfg.backbone
-        body = ResNetBody(depth=b.depth, groups=b.groups, width_per_group=b.width_per_group, base_width=b.base_width,
-                          style=b.style, norm=b.norm, frozen_bn_eps=b.frozen_bn_eps, freeze_at=0,
-                          stage_with_dcn=list(b.stage_with_dcn))
-        if b.weights:
-            load_backbone_weights(body, b.weights, depth=b.depth, groups=b.groups, width_per_group=b.width_per_group)
-        body.freeze(b.freeze_at)
-        self.body = body
         if len(r.rpn_strides) != 5:
             raise ValueError("the two-stage detectors use five pyramid levels P2-P6 (model.rcnn.rpn_strides)")
-        self.fpn = FPN(body.out_channels, cfg.fpn_channels, conv_bias=r.fpn_conv_bias)
+        self.body = build_body(cfg.backbone)
+        self.fpn = FPN(self.body.out_channels, cfg.fpn_channels, conv_bias=r.fpn_conv_bias)
         self.rpn = RPN(r, cfg.fpn_channels)
         self.roi_heads = self.build_roi_heads(cfg)
-        i = cfg.input
-        self.transform = ImageTransform(min_size_train=i.min_size_train, max_size_train=i.max_size_train,
-                                        min_size_test=i.min_size_test, max_size_test=i.max_size_test,
-                                        size_divisible=i.size_divisible, to_bgr255=i.to_bgr255,
-                                        pixel_mean=i.pixel_mean, pixel_std=i.pixel_std, resize_rule=i.resize_rule)
+        self.transform = build_transform(cfg.input)
 
-    def build_roi_heads(self, cfg: ModelConfig) -> RCNNHeads:
+    def build_roi_heads(self, cfg) -> nn.Module:
         return RCNNHeads(cfg.rcnn, pooler=build_pooler(cfg), in_channels=cfg.fpn_channels,
                          num_classes=cfg.num_classes, score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_thresh,
                          detections_per_img=cfg.detections_per_img)
@@ -88,28 +75,25 @@ class FasterRCNN(nn.Module):
         return self.fpn(self.body(batch))
 
     def roi_losses(self, feats: list[Tensor], proposals: list[Tensor], sizes, targets: list[dict]) -> dict[str, Tensor]:
-        return self.roi_heads.box_losses(feats[: len(ROI_STRIDES)], proposals, sizes, targets)
+        """Losses of the RoI heads; ``targets`` carry torchvision's labels (1..C, 0 = background)."""
+        return self.roi_heads.losses(feats[: len(ROI_STRIDES)], proposals, sizes, targets)
 
     def detect(self, feats: list[Tensor], proposals: list[Tensor], sizes) -> list[dict]:
+        """Detections in the resized images' pixels, 0-based labels."""
         return self.roi_heads.detect(feats[: len(ROI_STRIDES)], proposals, sizes)
 
     def forward(self, images: list[Tensor], targets: list[dict] | None = None):
-        if self.training and targets is None:
-            raise ValueError("in training mode the model needs targets")
-        if targets is not None:
-            check_targets(targets, len(images), self.cfg.num_classes)
+        check_targets(targets, len(images), self.cfg.num_classes, training=self.training)
         orig_sizes = [tuple(img.shape[-2:]) for img in images]
         batch, sizes, targets = self.transform(images, targets)
         feats = self.features(batch)
         proposals, losses = self.rpn(feats, sizes, targets if self.training else None)
         if self.training:
-            # torchvision's RoIHeads: 0 = background
-            shifted = [dict(boxes=t["boxes"], labels=t["labels"].long() + 1) for t in targets]
-            losses.update(self.roi_losses(feats, proposals, sizes, shifted))
+            losses.update(self.roi_losses(feats, proposals, sizes, to_torchvision_labels(targets)))
             return losses
-        results = self.detect(feats, proposals, sizes)
-        for det, size, orig in zip(results, sizes, orig_sizes):
-            if size != orig:
-                rh, rw = orig[0] / size[0], orig[1] / size[1]
-                det["boxes"] = det["boxes"] * det["boxes"].new_tensor([rw, rh, rw, rh])
-        return results
+        return to_input_pixels(self.detect(feats, proposals, sizes), sizes, orig_sizes)
+
+
+def to_torchvision_labels(targets: list[dict]) -> list[dict]:
+    """0-based class labels -> torchvision's RoI-head labels (1..C, 0 = background): +1."""
+    return [dict(boxes=t["boxes"], labels=t["labels"].long() + 1) for t in targets]

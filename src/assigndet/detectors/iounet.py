@@ -35,14 +35,17 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import clip_boxes_to_image
 
 from ..boxes import box_iou
-from ..config import IoUNetConfig, ModelConfig
+from ..config import IoUNetConfig
+from ..errors import ConfigError
 from ..postprocess.iou_nms import iou_guided_nms, refine_boxes
-from .base import zero_loss
-from .faster_rcnn import ROI_STRIDES, FasterRCNN, build_pooler
-from .rcnn_parts import RCNNHeads
+from ..variants import IoULoss, IoURank, RoIPool
+from .common import zero_loss
+from .faster_rcnn import FasterRCNN, build_pooler
+from .rcnn_parts import rcnn_box_forward, rcnn_box_losses, rcnn_detect, roi_heads_args
 
 #: Reference box of the delta bins (SPEC §5.2).
 REFERENCE_BOX = (0.0, 0.0, 1000.0, 1000.0)
@@ -171,11 +174,9 @@ class IoUHead(nn.Module):
     "bce": the raw output is a logit of u, IoU = sigmoid(raw).
     """
 
-    def __init__(self, in_features: int, dim: int, num_classes: int, *, loss: str = "smoothl1") -> None:
+    def __init__(self, in_features: int, dim: int, num_classes: int, *, loss: IoULoss | str = IoULoss.smoothl1) -> None:
         super().__init__()
-        if loss not in ("smoothl1", "bce"):
-            raise ValueError(f"model.rcnn.iounet.loss must be 'smoothl1' or 'bce', got {loss!r}")
-        self.loss_type = loss
+        self.loss_type = IoULoss(loss)
         self.fc1 = nn.Linear(in_features, dim)
         self.fc2 = nn.Linear(dim, dim)
         self.fc_iou = nn.Linear(dim, num_classes)
@@ -190,13 +191,13 @@ class IoUHead(nn.Module):
         return self.fc_iou(F.relu(self.fc2(F.relu(self.fc1(x)))))  # (R, C)
 
     def to_iou(self, raw: Tensor) -> Tensor:
-        if self.loss_type == "smoothl1":
+        if self.loss_type is IoULoss.smoothl1:
             return raw * IOU_TARGET_STD + IOU_TARGET_MEAN
         return raw.sigmoid()
 
     def loss(self, raw: Tensor, target: Tensor) -> Tensor:
         """Mean over RoIs of SmoothL1 (beta 1) to the normalised target, or BCE to the IoU."""
-        if self.loss_type == "smoothl1":
+        if self.loss_type is IoULoss.smoothl1:
             return F.smooth_l1_loss(raw, (target - IOU_TARGET_MEAN) / IOU_TARGET_STD, beta=1.0)
         return F.binary_cross_entropy_with_logits(raw, target)
 
@@ -212,19 +213,19 @@ def channels_last(features: list[Tensor]) -> list[Tensor]:
 # ---------------------------------------------------------------------------------------------
 
 
-class IoUNetRoIHeads(RCNNHeads):
-    """Box head + IoU head on the same PrRoIPool features (labels 1..C inside, as torchvision)."""
+class IoUNetRoIHeads(RoIHeads):
+    """Box head (Faster R-CNN's box branch, :mod:`.rcnn_parts`) + IoU head on the same PrRoIPool
+    features (labels 1..C inside, as torchvision). ``cfg``: an ``IoUNetModelConfig``."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
-        if cfg.rcnn.roi_pool != "prroi":
-            raise ValueError("model.arch=iounet needs model.rcnn.roi_pool=prroi: the refinement differentiates "
-                             "the IoU head through Precise RoI Pooling")
-        super().__init__(cfg.rcnn, pooler=build_pooler(cfg), in_channels=cfg.fpn_channels,
-                         num_classes=cfg.num_classes, score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_thresh,
-                         detections_per_img=cfg.detections_per_img)
+    def __init__(self, cfg) -> None:
+        if cfg.rcnn.roi_pool is not RoIPool.prroi:
+            raise ConfigError("model.arch=iounet needs model.rcnn.roi_pool=prroi: the refinement differentiates "
+                              "the IoU head through Precise RoI Pooling")
+        super().__init__(**roi_heads_args(cfg.rcnn, pooler=build_pooler(cfg), in_channels=cfg.fpn_channels,
+                                          num_classes=cfg.num_classes, score_thresh=cfg.score_thresh,
+                                          nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img))
+        self.num_classes = cfg.num_classes
         ic: IoUNetConfig = cfg.rcnn.iounet
-        if ic.rank_by not in ("iou", "score_iou", "score"):
-            raise ValueError(f"model.rcnn.iounet.rank_by must be 'iou', 'score_iou' or 'score', got {ic.rank_by!r}")
         self.icfg = ic
         size = cfg.rcnn.roi_output_size
         self.iou_head = IoUHead(cfg.fpn_channels * size * size, ic.head_dim, cfg.num_classes, loss=ic.loss)
@@ -232,7 +233,17 @@ class IoUNetRoIHeads(RCNNHeads):
             pre_sample=ic.pre_sample, xy_steps=ic.xy_steps, wh_steps=ic.wh_steps, area_range=tuple(ic.area_range),
             nonlinearity=ic.nonlinearity, start_bin=ic.start_bin, sample_num=ic.sample_num)
 
+    def box_forward(self, features: list[Tensor], boxes: list[Tensor], image_sizes) -> tuple[Tensor, Tensor]:
+        return rcnn_box_forward(self, features, boxes, image_sizes)
+
     # -- training -------------------------------------------------------------------------------
+    def losses(self, features: list[Tensor], proposals: list[Tensor], sizes, targets: list[dict]) -> dict[str, Tensor]:
+        """The box branch's losses and the IoU loss (``targets`` with torchvision's labels 1..C)."""
+        features = channels_last(features)  # pooled twice: lay out once
+        losses = rcnn_box_losses(self, features, proposals, sizes, targets)
+        losses.update(self.iou_losses(features, sizes, targets))
+        return losses
+
     @torch.no_grad()
     def iou_samples(self, sizes, targets: list[dict]) -> tuple[list[Tensor], Tensor, Tensor]:
         """Generated RoIs with IoU >= ``pos_iou_thresh`` to their best GT, per image; their IoU
@@ -276,8 +287,8 @@ class IoUNetRoIHeads(RCNNHeads):
         ic = self.icfg
         features = channels_last(features)  # pooled up to 2 + steps + 1 times: lay out once
         if not ic.test_iou_head:  # ablation: IoU head unused at test
-            return super().detect(features, proposals, sizes)
-        class_logits, box_regression = self.box_forward(features, proposals, sizes)
+            return rcnn_detect(self, features, proposals, sizes)
+        class_logits, box_regression = rcnn_box_forward(self, features, proposals, sizes)
         counts = [len(p) for p in proposals]
         R, C = class_logits.shape[0], self.num_classes
         # 1-2. class probabilities without background; regress every RoI with its argmax class only
@@ -294,7 +305,7 @@ class IoUNetRoIHeads(RCNNHeads):
             cand_per_image = [b[c] for b, c in zip(boxes, cand.split(counts))]
             ious[cand] = self.predict_iou(features, cand_per_image, sizes).to(ious.dtype)
         # 4. multi-class IoU-guided NMS over the (RoI, class) pairs with p >= score_thresh
-        rank_by = ic.rank_by if ic.iou_nms else "score"
+        rank_by = ic.rank_by if ic.iou_nms else IoURank.score
         dets = []
         for b, p, t in zip(boxes, probs.split(counts), ious.split(counts)):
             roi, cls = torch.nonzero(p >= self.score_thresh, as_tuple=True)  # (K,) pairs, RoI-major
@@ -349,15 +360,10 @@ class IoUNetRoIHeads(RCNNHeads):
 
 class IoUNet(FasterRCNN):
     """Faster R-CNN R-50-FPN with PrRoIPool, the IoU head, IoU-balanced RoIs, IoU-guided NMS and
-    refinement. Losses: ``loss_rpn_cls``, ``loss_rpn_loc``, ``loss_cls``, ``loss_bbox``, ``loss_iou``."""
+    refinement: Faster R-CNN with :class:`IoUNetRoIHeads`. Losses: ``loss_rpn_cls``,
+    ``loss_rpn_loc``, ``loss_cls``, ``loss_bbox``, ``loss_iou``. ``cfg``: an ``IoUNetModelConfig``."""
 
     roi_heads: IoUNetRoIHeads
 
-    def build_roi_heads(self, cfg: ModelConfig) -> IoUNetRoIHeads:
+    def build_roi_heads(self, cfg) -> IoUNetRoIHeads:
         return IoUNetRoIHeads(cfg)
-
-    def roi_losses(self, feats, proposals, sizes, targets) -> dict[str, Tensor]:
-        feats = channels_last(feats[: len(ROI_STRIDES)])  # pooled twice: lay out once
-        losses = self.roi_heads.box_losses(feats, proposals, sizes, targets)
-        losses.update(self.roi_heads.iou_losses(feats, sizes, targets))
-        return losses

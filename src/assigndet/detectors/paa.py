@@ -7,17 +7,20 @@ from torch import Tensor
 from ..assign.paa import paa_assign_batch
 from ..boxes import elementwise_iou
 from ..losses import bce_sum, focal_loss_sum, reduce_mean, weighted_giou_sum
-from .atss import gather_targets
-from .base import DenseDetector, zero_loss
+from ..variants import LossNormalizer, PAAVariant
+from .base import DenseDetector
+from .common import gather_targets, zero_loss
 
 
 class PAA(DenseDetector):
     """Focal loss / N_pos; IoU branch BCE / N_pos x 0.5; GIoU weighted by the IoU target / its sum x 1.3.
 
-    Candidates are ranked by sqrt(p q) at inference; score voting is a config switch.
+    ``cfg``: a ``PAAModelConfig``. Candidates are ranked by sqrt(p q) at inference (mmdetection:
+    its PAA rules); score voting is a config switch.
     """
 
     sqrt_rank = True
+    mmdet_rule = "paa"
 
     def assign(self, anchors: Tensor, num_per_level: list[int], targets: list[dict], logits: Tensor, deltas: Tensor) -> Tensor:
         """PAA assignment of every image -> (B, A), -1 background (no gradient: inputs detached)."""
@@ -33,9 +36,9 @@ class PAA(DenseDetector):
         labels, gt_boxes = gather_targets(matched, targets, C)
         pos = matched >= 0
         # "local": per-process normalisers (PAA_minimal, SPEC §3.7); "global": averaged over processes
-        mean = reduce_mean if c.loss_normalizer == "global" else (lambda x: x)
+        mean = reduce_mean if c.loss_normalizer is LossNormalizer["global"] else (lambda x: x)
         n_pos = mean(pos.sum().to(logits.dtype)).clamp(min=1.0)
-        n_cls = n_pos.clamp(min=float(B)) if c.paa_variant == "mmdet" else n_pos  # mmdetection: max(#pos, #images)
+        n_cls = n_pos.clamp(min=float(B)) if c.paa_variant is PAAVariant.mmdet else n_pos  # mmdetection: max(#pos, #images)
         loss_cls = focal_loss_sum(logits.reshape(B * A, C), labels.reshape(-1), alpha=c.focal_alpha,
                                   gamma=c.focal_gamma) / n_cls
         anchors_pos = anchors.expand(B, A, 4)[pos]  # (P, 4)

@@ -11,7 +11,9 @@ torchvision provides the machinery; this file adds what the reference hosts do d
   with our anchors (mmdetection layout), L1 box loss, and PAA's re-assignment (SPEC §3.6).
 * :class:`LevelRoIAlign` — RoIAlign (aligned, mmdetection's ``SingleRoIExtractor`` level rule).
 * :func:`box_head` / :class:`RCNNHeads` — torchvision's ``TwoMLPHead`` + ``FastRCNNPredictor`` and
-  ``RoIHeads`` (matching, sampling with GT proposals, per-class NMS) with mmdetection's losses.
+  ``RoIHeads`` (matching, sampling with GT proposals, per-class NMS) with mmdetection's losses;
+  the box branch as functions of any ``RoIHeads`` (:func:`rcnn_box_losses`, :func:`rcnn_detect`),
+  which IoU-Net's heads share.
 
 Shape letters: B images, A anchors (all levels of one image), L levels, G ground truths,
 R RoIs (all images), C foreground classes.
@@ -37,7 +39,10 @@ from ..assign.max_iou import max_iou_match
 from ..assign.paa import paa_partition_batch
 from ..boxes import box_iou, elementwise_iou
 from ..config import RCNNConfig
+from ..nn import flatten_levels
 from ..ops.prroi_pool import map_roi_levels
+from ..variants import Convention
+from .common import gather_boxes
 
 #: PAA_Faster-RCNN computes the RPN's IoU target with inclusive pixels (IoU⁺¹, SPEC §3.6 item 5).
 PAA_RPN_IOU_OFFSET = 1.0
@@ -100,17 +105,6 @@ class RPNHead(_TVRPNHead):
         return logits, deltas, (ious if self.iou_pred is not None else None)
 
 
-def _flatten_levels(maps: list[Tensor], per_anchor: int) -> Tensor:
-    """Per-level (B, A*K, H, W) maps -> (B, sum_l H_l W_l A, K) in the anchors' order."""
-    out = []
-    for m in maps:
-        B, AK, H, W = m.shape
-        A = AK // per_anchor
-        m = m.view(B, A, per_anchor, H, W).permute(0, 3, 4, 1, 2)  # (B, H, W, A, K)
-        out.append(m.reshape(B, H * W * A, per_anchor))  # (B, HWA, K)
-    return torch.cat(out, dim=1)
-
-
 def paa_proposal_logit(objectness: Tensor, iou: Tensor) -> Tensor:
     """logit(sqrt(sigmoid(o) * sigmoid(i))), stable (PAA_Faster-RCNN's proposal score)."""
     log_p = -0.5 * (F.softplus(-objectness) + F.softplus(-iou))  # log sqrt(σ(o) σ(i)) <= 0
@@ -128,7 +122,7 @@ class RPN(RegionProposalNetwork):
 
     def __init__(self, cfg: RCNNConfig, in_channels: int) -> None:
         anchors = AnchorGenerator(sizes=[cfg.rpn_anchor_scale * s for s in cfg.rpn_strides], strides=cfg.rpn_strides,
-                                  aspect_ratios=cfg.rpn_aspect_ratios, style="mmdet")
+                                  aspect_ratios=cfg.rpn_aspect_ratios, style=Convention.mmdet)
         head = RPNHead(in_channels, anchors.num_anchors_per_location, iou_pred=cfg.rpn_paa)
         super().__init__(
             anchors, head, fg_iou_thresh=cfg.rpn_fg_iou_thresh, bg_iou_thresh=cfg.rpn_bg_iou_thresh,
@@ -137,8 +131,6 @@ class RPN(RegionProposalNetwork):
             post_nms_top_n=dict(training=cfg.rpn_post_nms_top_n_train, testing=cfg.rpn_post_nms_top_n_test),
             nms_thresh=cfg.rpn_nms_thresh)
         self.cfg = cfg
-        if cfg.rpn_low_quality not in ("mmdet", "detectron2"):
-            raise ValueError(f"model.rcnn.rpn_low_quality must be 'mmdet' or 'detectron2', got {cfg.rpn_low_quality!r}")
 
     # -- the pieces ---------------------------------------------------------------------------
     def predict(self, features: list[Tensor]):
@@ -146,9 +138,9 @@ class RPN(RegionProposalNetwork):
         IoU logits (B, A) or None; the anchors (A, 4) and their count per level."""
         logits, deltas, ious = self.head(features)
         anchors, num_per_level = self.anchor_generator([tuple(f.shape[-2:]) for f in features])
-        objectness = _flatten_levels(logits, 1)[..., 0]  # (B, A)
-        deltas = _flatten_levels(deltas, 4)  # (B, A, 4)
-        iou = _flatten_levels(ious, 1)[..., 0] if ious is not None else None  # (B, A)
+        objectness = flatten_levels(logits, 1)[..., 0]  # (B, A)
+        deltas = flatten_levels(deltas, 4)  # (B, A, 4)
+        iou = flatten_levels(ious, 1)[..., 0] if ious is not None else None  # (B, A)
         return objectness, deltas, iou, anchors, num_per_level
 
     def match(self, anchors: Tensor, targets: list[dict]) -> Tensor:
@@ -186,7 +178,7 @@ class RPN(RegionProposalNetwork):
         cls = F.binary_cross_entropy_with_logits(objectness, pos.to(objectness.dtype), reduction="none")  # (B, A)
         loc = torch.full_like(cls, math.inf)  # (B, A)
         if bool(pos.any()):
-            gt = _gather_gt(matched, targets, anchors)  # (B, A, 4)
+            gt = gather_boxes(matched, targets)  # (B, A, 4)
             anchors_b = anchors.expand(B, A, 4)
             target = self.box_coder.encode_single(gt[pos], anchors_b[pos])  # (P, 4)
             loc[pos] = (deltas[pos] - target).abs().sum(dim=1).to(loc.dtype)
@@ -210,7 +202,7 @@ class RPN(RegionProposalNetwork):
             pos, neg = self.sample(labels)
             sampled = pos | neg
             norm = sampled.sum().clamp(min=1).to(objectness.dtype)
-            gt = _gather_gt(matched, targets, anchors)  # (B, A, 4)
+            gt = gather_boxes(matched, targets)  # (B, A, 4)
             target = self.box_coder.encode_single(gt[pos], anchors_b[pos])  # (P, 4)
             loss_cls = F.binary_cross_entropy_with_logits(objectness[sampled], labels[sampled], reduction="sum") / norm
             loss_loc = F.l1_loss(deltas[pos], target, reduction="sum") / norm
@@ -221,7 +213,7 @@ class RPN(RegionProposalNetwork):
         pos, neg = self.sample(labels)
         sampled = pos | neg
         norm = float(self.cfg.rpn_batch_size_per_image * B)
-        gt = _gather_gt(matched, targets, anchors)  # (B, A, 4)
+        gt = gather_boxes(matched, targets)  # (B, A, 4)
         gt_pos, anchors_pos = gt[pos], anchors_b[pos]  # (P, 4)
         target = self.box_coder.encode_single(gt_pos, anchors_pos)  # (P, 4)
         pred_boxes = self.box_coder.decode_single(deltas[pos].detach(), anchors_pos)  # (P, 4)
@@ -245,18 +237,6 @@ class RPN(RegionProposalNetwork):
                 raise ValueError("in training mode the RPN needs targets")
             losses = self.losses(objectness, deltas, iou, anchors, num_per_level, targets)
         return boxes, losses
-
-
-def _gather_gt(matched: Tensor, targets: list[dict], anchors: Tensor) -> Tensor:
-    """GT box of every anchor (B, A, 4) from per-image indices (B, A) (zeros where < 0)."""
-    B, A = matched.shape
-    counts = [len(t["boxes"]) for t in targets]
-    if sum(counts) == 0:
-        return anchors.new_zeros(B, A, 4)
-    all_gt = torch.cat([t["boxes"].to(anchors.dtype) for t in targets])  # (M, 4)
-    offsets = torch.tensor([sum(counts[:b]) for b in range(B)], device=matched.device)[:, None]  # (B, 1)
-    idx = torch.where(matched >= 0, matched + offsets, 0)  # (B, A)
-    return torch.where((matched >= 0)[..., None], all_gt[idx], 0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,6 +291,47 @@ def box_head(in_channels: int, resolution: int, dim: int, num_classes: int) -> t
     return head, predictor
 
 
+def roi_heads_args(cfg: RCNNConfig, *, pooler: nn.Module, in_channels: int, num_classes: int, score_thresh: float,
+                   nms_thresh: float, detections_per_img: int) -> dict:
+    """The arguments of torchvision's ``RoIHeads`` for the box branch of ``model.rcnn`` (box head of
+    :func:`box_head` on ``pooler``'s features, matching, sampling, final-detection settings)."""
+    head, predictor = box_head(in_channels, cfg.roi_output_size, cfg.box_head_dim, num_classes)
+    return dict(box_roi_pool=pooler, box_head=head, box_predictor=predictor, fg_iou_thresh=cfg.box_fg_iou_thresh,
+                bg_iou_thresh=cfg.box_bg_iou_thresh, batch_size_per_image=cfg.box_batch_size_per_image,
+                positive_fraction=cfg.box_positive_fraction, bbox_reg_weights=tuple(cfg.box_reg_weights),
+                score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img)
+
+
+def rcnn_box_forward(heads: RoIHeads, features: list[Tensor], boxes: list[Tensor], image_sizes) -> tuple[Tensor, Tensor]:
+    """Class logits (R, C + 1) and class-specific deltas (R, (C + 1) * 4) of per-image boxes."""
+    x = heads.box_head(heads.box_roi_pool(features, boxes, image_sizes))
+    return heads.box_predictor(x)
+
+
+def rcnn_box_losses(heads: RoIHeads, features: list[Tensor], proposals: list[Tensor], image_sizes,
+                    targets: list[dict]) -> dict[str, Tensor]:
+    """Sample 512 RoIs/image (25 % positive, GT boxes added); CE mean + L1 sum / #sampled.
+    ``targets`` carry torchvision's labels (1..C, 0 = background)."""
+    proposals, _, labels, regression_targets = heads.select_training_samples(proposals, targets)
+    class_logits, box_regression = rcnn_box_forward(heads, features, proposals, image_sizes)
+    labels = torch.cat(labels)  # (R,)
+    regression_targets = torch.cat(regression_targets)  # (R, 4)
+    loss_cls = F.cross_entropy(class_logits, labels)
+    pos = torch.nonzero(labels > 0).squeeze(1)  # (P,)
+    deltas = box_regression.reshape(len(labels), -1, 4)[pos, labels[pos]]  # (P, 4)
+    loss_bbox = F.l1_loss(deltas, regression_targets[pos], reduction="sum") / max(labels.numel(), 1)
+    return {"loss_cls": loss_cls, "loss_bbox": loss_bbox}
+
+
+@torch.no_grad()
+def rcnn_detect(heads: RoIHeads, features: list[Tensor], proposals: list[Tensor], image_sizes) -> list[dict]:
+    """Softmax, class-specific decoding, clip, score > thresh, per-class NMS, top k; labels back to
+    0-based (-1)."""
+    class_logits, box_regression = rcnn_box_forward(heads, features, proposals, image_sizes)
+    boxes, scores, labels = heads.postprocess_detections(class_logits, box_regression, proposals, image_sizes)
+    return [dict(boxes=b, scores=s, labels=lab - 1) for b, s, lab in zip(boxes, scores, labels)]
+
+
 class RCNNHeads(RoIHeads):
     """torchvision's ``RoIHeads`` (box branch only) with mmdetection's L1 box loss.
 
@@ -319,34 +340,17 @@ class RCNNHeads(RoIHeads):
 
     def __init__(self, cfg: RCNNConfig, *, pooler: nn.Module, in_channels: int, num_classes: int,
                  score_thresh: float, nms_thresh: float, detections_per_img: int) -> None:
-        head, predictor = box_head(in_channels, cfg.roi_output_size, cfg.box_head_dim, num_classes)
-        super().__init__(pooler, head, predictor, fg_iou_thresh=cfg.box_fg_iou_thresh,
-                         bg_iou_thresh=cfg.box_bg_iou_thresh, batch_size_per_image=cfg.box_batch_size_per_image,
-                         positive_fraction=cfg.box_positive_fraction, bbox_reg_weights=tuple(cfg.box_reg_weights),
-                         score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img)
+        super().__init__(**roi_heads_args(cfg, pooler=pooler, in_channels=in_channels, num_classes=num_classes,
+                                          score_thresh=score_thresh, nms_thresh=nms_thresh,
+                                          detections_per_img=detections_per_img))
         self.num_classes = num_classes
 
     def box_forward(self, features: list[Tensor], boxes: list[Tensor], image_sizes) -> tuple[Tensor, Tensor]:
-        """Class logits (R, C + 1) and class-specific deltas (R, (C + 1) * 4) of per-image boxes."""
-        x = self.box_head(self.box_roi_pool(features, boxes, image_sizes))
-        return self.box_predictor(x)
+        return rcnn_box_forward(self, features, boxes, image_sizes)
 
-    def box_losses(self, features: list[Tensor], proposals: list[Tensor], image_sizes,
-                   targets: list[dict]) -> dict[str, Tensor]:
-        """Sample 512 RoIs/image (25 % positive, GT boxes added); CE mean + L1 sum / #sampled."""
-        proposals, _, labels, regression_targets = self.select_training_samples(proposals, targets)
-        class_logits, box_regression = self.box_forward(features, proposals, image_sizes)
-        labels = torch.cat(labels)  # (R,)
-        regression_targets = torch.cat(regression_targets)  # (R, 4)
-        loss_cls = F.cross_entropy(class_logits, labels)
-        pos = torch.nonzero(labels > 0).squeeze(1)  # (P,)
-        deltas = box_regression.reshape(len(labels), -1, 4)[pos, labels[pos]]  # (P, 4)
-        loss_bbox = F.l1_loss(deltas, regression_targets[pos], reduction="sum") / max(labels.numel(), 1)
-        return {"loss_cls": loss_cls, "loss_bbox": loss_bbox}
+    def losses(self, features: list[Tensor], proposals: list[Tensor], image_sizes,
+               targets: list[dict]) -> dict[str, Tensor]:
+        return rcnn_box_losses(self, features, proposals, image_sizes, targets)
 
-    @torch.no_grad()
     def detect(self, features: list[Tensor], proposals: list[Tensor], image_sizes) -> list[dict]:
-        """Softmax, class-specific decoding, clip, score > thresh, per-class NMS, top k; labels 0-based."""
-        class_logits, box_regression = self.box_forward(features, proposals, image_sizes)
-        boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_sizes)
-        return [dict(boxes=b, scores=s, labels=lab - 1) for b, s, lab in zip(boxes, scores, labels)]
+        return rcnn_detect(self, features, proposals, image_sizes)

@@ -20,17 +20,19 @@ Switched on by ``model.tta.enabled=true`` (the ``*_ms_test`` presets); the detec
    the top ``model.detections_per_img`` over all of them.
 5. Boxes are rescaled to the input image.
 
-Images are resized like the model's own transform (PIL's exact bilinear for uint8 on the CPU),
-then flipped, normalised and padded alone (batch size 1).
+Images are resized and normalised by the model's own transform (``ImageTransform.prepare``: PIL's
+exact bilinear for uint8 on the CPU), then flipped and padded alone (batch size 1).
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from .boxes import box_iou, flip_boxes
-from .nn.transform import resize_size
-from .postprocess import kth_value_top, nms_with_offset, select_candidates
+from ..boxes import box_iou, flip_boxes
+from ..nn import pad_batch, resize_size
+from ..postprocess import kth_value_top, nms_with_offset, select_candidates
+from ..variants import TTAMerge
+from .common import rescale_boxes
 
 __all__ = ["tta_forward", "vote_merge", "remove_boxes_out_of_range"]
 
@@ -103,14 +105,10 @@ def _run(model, image: Tensor, min_size: int, max_size: int, hflip: bool, vote: 
     tr = model.transform
     h, w = image.shape[-2:]
     size = resize_size(h, w, min_size, max_size, tr.resize_rule)
-    x = tr._resize(image, size)
+    x = tr.prepare(image, size)  # (3, H', W')
     if hflip:
-        x = x.flip(-1)
-    x = tr._normalise(x)
-    d = tr.size_divisible
-    H, W = (size[0] + d - 1) // d * d, (size[1] + d - 1) // d * d
-    batch = x.new_zeros((1, 3, H, W))
-    batch[0, :, : size[0], : size[1]] = x
+        x = x.flip(-1)  # a permutation: commutes with the per-channel normalisation
+    batch = pad_batch([x], tr.size_divisible)  # (1, 3, H, W)
     feats = model.features(batch)
     logits, deltas, quality = model.head(feats)
     anchors, num_per_level = model.anchors(feats)
@@ -135,8 +133,6 @@ def tta_forward(model, images: list[Tensor]) -> list[dict[str, Tensor]]:
     if len(t.scale_ranges) != len(t.scales):
         raise ValueError(f"model.tta.scales ({len(t.scales)}) and model.tta.scale_ranges ({len(t.scale_ranges)}) "
                          "must have the same length")
-    if t.merge not in ("soft-vote", "vote"):
-        raise ValueError(f"unknown model.tta.merge {t.merge!r} (expected 'soft-vote' or 'vote')")
     tr = model.transform
     results = []
     for image in images:
@@ -157,21 +153,19 @@ def tta_forward(model, images: list[Tensor]) -> list[dict[str, Tensor]]:
                 b, s, lab = b[ok], s[ok], lab[ok]
             if size0 is None:
                 size0 = size
-            elif size != size0:  # per-axis rescale to the test-size run (no +1 correction)
-                b = b * b.new_tensor([size0[1] / size[1], size0[0] / size[0]] * 2)
+            else:  # per-axis rescale to the test-size run (no +1 correction)
+                b = rescale_boxes(b, size, size0)
             all_b.append(b)
             all_s.append(s)
             all_l.append(lab)
         b, s, lab = torch.cat(all_b), torch.cat(all_s), torch.cat(all_l)
         if t.vote:
-            det = vote_merge(b, s, lab, thresh=t.vote_thresh, soft=t.merge == "soft-vote", score_thresh=c.score_thresh,
+            det = vote_merge(b, s, lab, thresh=t.vote_thresh, soft=t.merge is TTAMerge["soft-vote"], score_thresh=c.score_thresh,
                              max_detections=t.detections_per_img, offset=model.offset)
         else:
             keep = nms_with_offset(b, s, lab, c.nms_thresh, offset=model.offset)
             keep = keep[kth_value_top(s[keep], c.detections_per_img)]
             det = {"boxes": b[keep], "scores": s[keep], "labels": lab[keep]}
-        h, w = image.shape[-2:]
-        if (h, w) != tuple(size0):
-            det["boxes"] = det["boxes"] * det["boxes"].new_tensor([w / size0[1], h / size0[0]] * 2)
+        det["boxes"] = rescale_boxes(det["boxes"], size0, tuple(image.shape[-2:]))
         results.append(det)
     return results

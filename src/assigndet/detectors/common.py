@@ -1,0 +1,113 @@
+"""What every detector shares, in one place that each of them imports: the input checks, the
+backbone and transform builders, the per-image ground-truth gathering, the rescale of boxes to
+the input images and the zero loss that keeps the graph connected."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..config import BackboneConfig, InputConfig
+from ..errors import TargetError
+from ..nn import ImageTransform, ResNetBody, load_backbone_weights
+from ..variants import Convention
+
+
+# ------------------------------------------------------------------------------ inputs
+def check_targets(targets: list[dict] | None, num_images: int, num_classes: int, *, training: bool = False) -> None:
+    """Training needs targets; given targets must be well formed (a :class:`TargetError` names the image)."""
+    if targets is None:
+        if training:
+            raise ValueError("in training mode the model needs targets")
+        return
+    if len(targets) != num_images:
+        raise TargetError(f"got {num_images} images but {len(targets)} targets")
+    for i, t in enumerate(targets):
+        name = f"image {t.get('image_id', i)}"
+        if "boxes" not in t or "labels" not in t:
+            raise TargetError(f"{name}: a target needs 'boxes' and 'labels'")
+        boxes, labels = t["boxes"], t["labels"]
+        if boxes.dim() != 2 or boxes.shape[1] != 4 or labels.shape != boxes.shape[:1]:
+            raise TargetError(f"{name}: boxes must be (G, 4) and labels (G,), got {tuple(boxes.shape)} and {tuple(labels.shape)}")
+        if boxes.numel() and not bool(torch.isfinite(boxes).all()):
+            raise TargetError(f"{name}: non-finite box coordinates")
+        if boxes.numel() and bool(((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any()):
+            raise TargetError(f"{name}: a box has x2 < x1 or y2 < y1")
+        if labels.numel() and bool(((labels < 0) | (labels >= num_classes)).any()):
+            raise TargetError(f"{name}: labels must be 0-based class indices below {num_classes}")
+
+
+# ------------------------------------------------------------------------------ builders
+def build_body(b: BackboneConfig) -> ResNetBody:
+    """The ResNet body of ``model.backbone``, with its ImageNet weights when configured, then frozen."""
+    body = ResNetBody(depth=b.depth, groups=b.groups, width_per_group=b.width_per_group, base_width=b.base_width,
+                      style=b.style, norm=b.norm, frozen_bn_eps=b.frozen_bn_eps, freeze_at=0,
+                      stage_with_dcn=list(b.stage_with_dcn))
+    if b.weights:
+        load_backbone_weights(body, b.weights, depth=b.depth, groups=b.groups, width_per_group=b.width_per_group)
+    body.freeze(b.freeze_at)
+    return body
+
+
+def build_transform(i: InputConfig) -> ImageTransform:
+    """The input pipeline of ``model.input`` (resize, normalise, pad)."""
+    return ImageTransform(min_size_train=i.min_size_train, max_size_train=i.max_size_train,
+                          min_size_test=i.min_size_test, max_size_test=i.max_size_test,
+                          size_divisible=i.size_divisible, to_bgr255=i.to_bgr255, pixel_mean=i.pixel_mean,
+                          pixel_std=i.pixel_std, resize_rule=i.resize_rule)
+
+
+# ------------------------------------------------------------------------------ targets
+def atss_anchors_per_location(cfg, num_anchors_per_location: int) -> int:
+    """The multiplier of ATSS's top-k: the anchors per location in the original (maskrcnn-benchmark
+    convention), 1 in mmdetection's ``ATSSAssigner`` (``model.anchor_style=mmdet``)."""
+    return num_anchors_per_location if cfg.anchor_style is Convention.mrcnn else 1
+
+
+def _gt_index(matched: Tensor, targets: list[dict]) -> Tensor:
+    """Per-image GT indices (B, A) -> indices into the GTs of all images concatenated, with one
+    dummy entry appended (index M) for every anchor without a GT (matched < 0)."""
+    sizes = [len(t["boxes"]) for t in targets]
+    starts = torch.tensor([0] + sizes[:-1], device=matched.device).cumsum(0)  # (B,)
+    dummy = sum(sizes)
+    return torch.where(matched >= 0, matched + starts[:, None], torch.full_like(matched, dummy))  # (B, A)
+
+
+def gather_boxes(matched: Tensor, targets: list[dict]) -> Tensor:
+    """Matched GT box per anchor (B, A, 4), float32, zeros where ``matched`` < 0 (background, ignore)."""
+    dev = matched.device
+    all_boxes = torch.cat([t["boxes"].to(dev, torch.float32) for t in targets] + [torch.zeros(1, 4, device=dev)])
+    return all_boxes[_gt_index(matched, targets)]
+
+
+def gather_targets(matched: Tensor, targets: list[dict], num_classes: int) -> tuple[Tensor, Tensor]:
+    """Class label per anchor (B, A) (``num_classes`` = background) and matched GT box per anchor
+    (B, A, 4) (zeros for background) from per-image matches (B, A)."""
+    dev = matched.device
+    all_labels = torch.cat([t["labels"].to(dev) for t in targets]
+                           + [torch.full((1,), num_classes, device=dev, dtype=torch.int64)])
+    return all_labels[_gt_index(matched, targets)], gather_boxes(matched, targets)
+
+
+# ------------------------------------------------------------------------------ outputs
+def rescale_boxes(boxes: Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> Tensor:
+    """Boxes (N, 4) of an image of size ``from_size`` (H, W) scaled per axis to ``to_size`` (no +1 correction)."""
+    if tuple(from_size) == tuple(to_size):
+        return boxes
+    rh, rw = to_size[0] / from_size[0], to_size[1] / from_size[1]
+    return boxes * boxes.new_tensor([rw, rh, rw, rh])
+
+
+def to_input_pixels(results: list[dict], sizes, orig_sizes) -> list[dict]:
+    """Detections in the resized images' pixels -> in the input images' pixels (in place)."""
+    for det, size, orig in zip(results, sizes, orig_sizes):
+        det["boxes"] = rescale_boxes(det["boxes"], size, orig)
+    return results
+
+
+def zero_loss(*tensors: Tensor) -> Tensor:
+    """A zero that keeps the graph connected to ``tensors`` (for DDP when a term has no sample)."""
+    return sum(t.sum() * 0.0 for t in tensors)
+
+
+__all__ = ["TargetError", "check_targets", "atss_anchors_per_location", "build_body", "build_transform", "gather_boxes", "gather_targets",
+           "rescale_boxes", "to_input_pixels", "zero_loss"]
