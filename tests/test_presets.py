@@ -147,7 +147,7 @@ def test_resize_rules():
     assert resize_size(333, 500, 800, 1333, "minimal") == (800, 1201)
     assert resize_size(333, 500, 800, 1333, "mrcnn") == (800, 1201)
     assert resize_size(375, 500, 800, 1333, "mmdet") == (800, 1067) and resize_size(375, 500, 800, 1333) == (800, 1066)
-    with pytest.raises(ValueError, match="resize rule"):
+    with pytest.raises(ValueError, match="not a valid ResizeRule"):
         resize_size(1, 1, 1, 1, "bogus")
 
 

@@ -1,0 +1,178 @@
+"""``train``, ``eval``, ``predict`` and ``demo``: the commands that run a model."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from ..config import apply_overrides, config_from_yaml
+from ..errors import ConfigError, InputError
+from ..presets import load_config
+from .common import DEMO_PRESET, check_weights_file, class_names, load_model, say
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+
+
+def cmd_train(args) -> int:
+    from ..engine import destroy_distributed, train
+
+    cfg = load_config(args.preset, args.overrides)
+    try:
+        result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    finally:
+        destroy_distributed()
+    if result.metrics is not None:
+        say(f"AP {100 * result.metrics['AP']:.2f} (eval.json in {args.out})")
+    return result.exit_code
+
+
+def cmd_eval(args) -> int:
+    from ..engine import destroy_distributed
+    from ..evaluation import evaluate
+    from ..utils import init_distributed, resolve_device
+
+    cfg = load_config(args.preset, args.overrides)
+    check_weights_file(args.weights)
+    init_distributed(resolve_device(cfg.device))
+    try:
+        model, _ = load_model(cfg, args.weights)
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+        metrics = evaluate(model, cfg, args.out)
+    finally:
+        destroy_distributed()
+    say(f"AP {100 * metrics['AP']:.2f}")
+    return 0
+
+
+def _predict_config(args):
+    beside = Path(args.weights).parent / "config.yaml"
+    if beside.is_file():
+        return apply_overrides(config_from_yaml(str(beside)), args.overrides)
+    if args.preset:
+        return load_config(args.preset, args.overrides)
+    raise ConfigError(f"no config.yaml beside {args.weights}; pass --preset NAME")
+
+
+def _split_inputs(args) -> list[str]:
+    """The image paths of ``args.inputs``; ``key=value`` overrides among them (argparse puts them
+    there) move to ``args.overrides``."""
+    inputs = []
+    for item in args.inputs:
+        if _OVERRIDE.match(item) and not Path(item).exists():
+            args.overrides.append(item)
+        else:
+            inputs.append(item)
+    if not inputs:
+        raise InputError("no input images given")
+    return inputs
+
+
+def _predict_one(model, path: Path, names: list[str], score_thresh: float, out: Path, name: str) -> dict:
+    """Detect, draw into ``out / name``; the record of ``predictions.json``."""
+    from ..evaluation import inference
+    from ..viz import draw_predictions, read_image, write_image
+
+    image = read_image(path)
+    pred = inference(model, [image])[0]
+    keep = pred["scores"] >= score_thresh
+    dets = [{"box": [round(float(v), 2) for v in b], "score": round(float(s), 4), "label": int(c),
+             "class_name": names[int(c)]}
+            for b, s, c in zip(pred["boxes"][keep], pred["scores"][keep], pred["labels"][keep])]
+    write_image(draw_predictions(image, pred, names, score_thresh), out / name)
+    return {"file": str(path), "output": name, "width": int(image.shape[2]), "height": int(image.shape[1]),
+            "detections": dets}
+
+
+def cmd_predict(args) -> int:
+    from ..utils import atomic_write_text
+    from ..viz import collect_images
+
+    check_weights_file(args.weights)
+    paths = collect_images(_split_inputs(args))
+    cfg = _predict_config(args)
+    model, report = load_model(cfg, args.weights)
+    names = class_names(cfg, report.metadata, cfg.model.num_classes)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    used: set[str] = set()
+    for path in paths:
+        name, k = f"{path.stem}.png", 1
+        while name in used:
+            name, k = f"{path.stem}_{k}.png", k + 1
+        used.add(name)
+        records.append(_predict_one(model, path, names, args.score_thresh, out, name))
+        print(f"{path}: {len(records[-1]['detections'])} detections -> {out / name}")
+    atomic_write_text(out / "predictions.json", json.dumps(records, indent=1) + "\n")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from ..data import build_dataset, generate_shapes
+    from ..engine import train
+    from ..evaluation import inference
+    from ..viz import draw_predictions, plot_loss_curve, write_image
+
+    data = Path(args.data)
+    if not (data / "annotations" / "instances_train.json").is_file():
+        kw = {k: v for k, v in (("num_train", args.train), ("num_val", args.val)) if v is not None}
+        print(f"generating the shapes dataset in {data} ...")
+        generate_shapes(data, seed=0, **kw)
+    cfg = load_config(DEMO_PRESET, [f"data.root={data}", *args.overrides])
+    out = Path(args.out)
+    result = train(cfg, out, resume=args.resume, progress=not args.no_progress)
+    if result.interrupted:
+        return result.exit_code
+    # a few drawn predictions on validation images
+    model, _ = load_model(cfg, str(out / "model_final.safetensors"))
+    val = build_dataset(cfg, train=False)
+    names = list(val.class_names)
+    for i in range(min(args.num_images, len(val))):
+        image, target = val[i]
+        pred = inference(model, [image])[0]
+        write_image(draw_predictions(image, pred, names, args.score_thresh),
+                    out / "predictions" / f"{int(target['image_id'])}.png")
+    png = plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png")
+    metrics = result.metrics or json.loads((out / "eval.json").read_text())
+    print(f"demo finished: AP {100 * metrics['AP']:.2f} on {metrics['num_images']} validation images; "
+          f"eval.json, predictions/ and {png.name if png else 'no loss curve'} in {out}")
+    return 0
+
+
+def register(sub) -> None:
+    """train, eval, predict, demo."""
+    p = sub.add_parser("train", help="train a preset")
+    p.add_argument("preset")
+    p.add_argument("--out", required=True, help="output directory (checkpoints, logs, eval.json)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last_checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="COCO evaluation of weights")
+    p.add_argument("preset")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--out", default=None, help="write eval.json and detections.json here")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="detect objects in images and draw them")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--preset", default=None, help="used when there is no config.yaml beside the weights")
+    p.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIR")
+    p.add_argument("--out", required=True)
+    p.add_argument("--score-thresh", type=float, default=0.3)
+    p.set_defaults(func=cmd_predict, overrides=[])  # key=value overrides may follow the images
+
+    p = sub.add_parser("demo", help=f"generate shapes, train {DEMO_PRESET}, evaluate, draw")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--data", default="data/shapes", help="shapes dataset directory (generated if missing)")
+    p.add_argument("--train", type=int, default=None, help="training images to generate")
+    p.add_argument("--val", type=int, default=None, help="validation images to generate")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--num-images", type=int, default=4, help="validation images to draw")
+    p.add_argument("--score-thresh", type=float, default=0.3)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_demo)

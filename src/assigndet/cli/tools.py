@@ -1,0 +1,78 @@
+"""``presets``, ``convert`` and ``data``: the commands about presets, weights files and datasets."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import config_to_yaml
+from ..errors import InputError
+from ..presets import PRESETS, PUBLISHED_AP, PUBLISHED_NOTES, get_preset, load_config
+from .common import check_weights_file
+
+
+def cmd_presets(args) -> int:
+    if args.show is not None:
+        print(config_to_yaml(get_preset(args.show)), end="")
+        return 0
+    width = max((len(n) for n in PRESETS), default=10)
+    print(f"{'preset':<{width}}  published AP")
+    for name in sorted(PRESETS):
+        ap = PUBLISHED_AP.get(name)
+        note = PUBLISHED_NOTES.get(name, "") if ap is not None else ""
+        line = f"{name:<{width}}  {ap:.1f}" if ap is not None else f"{name:<{width}}  -"
+        print(f"{line}  ({note})" if note else line)
+    return 0
+
+
+def cmd_convert(args) -> int:
+    """A released ``.pth`` (or any loadable weights) -> this library's ``.safetensors``."""
+    from ..checkpoints import load_weights, save_weights
+    from ..detectors import build_model
+
+    src, dst = Path(args.input), Path(args.output)
+    check_weights_file(args.input)
+    if dst.suffix != ".safetensors":
+        raise InputError(f"the output must be a .safetensors file, got {dst}")
+    cfg = load_config(args.preset, args.overrides)
+    model = build_model(cfg.model)
+    layout = load_weights(model, src).layout  # every check: layout, anchors, classifier, keys, shapes
+    save_weights(model, dst, metadata={"preset": args.preset, "source": src.name, "source_layout": layout,
+                                       "config": config_to_yaml(cfg)})
+    n = len(model.state_dict())
+    print(f"converted {src} ({layout} layout) for preset {args.preset}: {n} tensors -> {dst}")
+    return 0
+
+
+def cmd_data_shapes(args) -> int:
+    from ..data import generate_shapes
+
+    info = generate_shapes(args.out, num_train=args.train, num_val=args.val, seed=args.seed,
+                           **({"min_side": args.min_side} if args.min_side else {}),
+                           **({"max_side": args.max_side} if args.max_side else {}))
+    print(f"wrote {info['train']['num_images']} train and {info['val']['num_images']} val images "
+          f"({info['train']['num_annotations'] + info['val']['num_annotations']} boxes) to {info['root']}")
+    return 0
+
+
+def register(sub) -> None:
+    """data, presets, convert."""
+    p = sub.add_parser("data", help="datasets")
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="DATASET")
+    q = dsub.add_parser("shapes", help="generate the COCO-format shapes dataset")
+    q.add_argument("--out", required=True)
+    q.add_argument("--train", type=int, default=1000)
+    q.add_argument("--val", type=int, default=200)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--min-side", type=int, default=None)
+    q.add_argument("--max-side", type=int, default=None)
+    q.set_defaults(func=cmd_data_shapes, overrides=[])
+
+    p = sub.add_parser("presets", help="list presets with their published AP, or --show one's config")
+    p.add_argument("--show", metavar="NAME", default=None, help="print the resolved config of preset NAME (YAML)")
+    p.set_defaults(func=cmd_presets, overrides=[])
+
+    p = sub.add_parser("convert", help="convert a released .pth checkpoint to .safetensors for a preset")
+    p.add_argument("input", metavar="IN.pth")
+    p.add_argument("output", metavar="OUT.safetensors")
+    p.add_argument("--preset", required=True, help="the preset whose model the checkpoint belongs to")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=cmd_convert)
