@@ -1,22 +1,14 @@
 """Probabilistic anchor assignment (PAA, kkhoot/PAA, SPEC §3.2), as pure tensor functions.
 
-Read top to bottom, one section per step:
-
-* A. :func:`paa_first_stage_match` — IoU match at a low threshold (the one matcher,
-  :func:`~assigndet.assign.max_iou.max_iou_match`, with maskrcnn-benchmark's or mmdetection's
-  low-quality rule).
-* B. :func:`paa_anchor_scores` — focal loss summed over classes + (1 − GIoU) per anchor.
-* C. per GT and level the ≤ ``topk`` lowest-score candidates.
-* D. a two-component GMM (:func:`~assigndet.assign.gmm.gmm_fit`) on each GT's sorted scores and
-  the cut that makes a prefix positive.
-
-:func:`paa_partition` runs C–D and :func:`paa_assign` A–D, each for one image or a batch (one
-score computation, one candidate selection and one GMM call for all images), returning the
-intermediates with ``details=True`` (:class:`PAAPartition`, :class:`PAAAssignment`).
-
-Everything is vectorised over GTs, levels and images (no Python loop over GTs or anchors), runs
-on any device, and costs one host synchronisation per EM iteration plus a few for the dynamic
-candidate counts.
+Read top to bottom, one section per step: A. :func:`paa_first_stage_match`, an IoU match at a low
+threshold (the one matcher, maskrcnn-benchmark's or mmdetection's low-quality rule); B.
+:func:`paa_anchor_scores`, focal loss summed over classes + (1 − GIoU) per anchor; C. per GT and
+level the ≤ ``topk`` lowest-score candidates; D. a two-component GMM
+(:func:`~assigndet.assign.gmm.gmm_fit`) on each GT's sorted scores and the cut that makes a prefix
+positive. :func:`paa_partition` runs C–D and :func:`paa_assign` A–D, each for one image or a batch
+(one score computation, one candidate selection, one GMM call for all images), returning the
+intermediates with ``details=True``. Vectorised over GTs, levels and images, any device; one host
+synchronisation per EM iteration plus a few for the dynamic candidate counts.
 
 Shape letters: B images, A anchors (all levels of one image), L levels, G ground truths (of one
 image, or M of a batch, concatenated), C classes, K candidates per GT (padded to the largest
@@ -35,19 +27,8 @@ from ..variants import Convention, LowQuality, PAAVariant
 from .gmm import GMMFit, gmm_fit
 from .max_iou import max_iou_match
 
-__all__ = [
-    "GMMFit",
-    "PAAAssignment",
-    "PAAPartition",
-    "gmm_fit",
-    "paa_first_stage_match",
-    "paa_anchor_scores",
-    "paa_partition",
-    "paa_assign",
-    "paa_partition_details",
-    "paa_partition_batch",
-    "paa_assign_batch",
-]
+__all__ = ["GMMFit", "PAAAssignment", "PAAPartition", "gmm_fit", "paa_first_stage_match", "paa_anchor_scores",
+           "paa_partition", "paa_assign", "paa_partition_details", "paa_partition_batch", "paa_assign_batch"]
 
 #: Loc score of anchors that are not Step-A positives (the reference's ``INF``).
 PAA_INF_SCORE = 1e8
@@ -60,11 +41,7 @@ FOCAL_GAMMA = 2.0
 _IOU_CHUNK = 64
 
 
-# ---------------------------------------------------------------------------------------------
-# A. first-stage IoU match
-# ---------------------------------------------------------------------------------------------
-
-
+# --- A. first-stage IoU match -----------------------------------------------------------------
 @torch.no_grad()
 def paa_first_stage_match(
     anchors: Tensor,
@@ -75,12 +52,9 @@ def paa_first_stage_match(
     rule: Convention | str = Convention.mrcnn,
 ) -> Tensor:
     """Step A of PAA for one image: IoU match at ``iou_threshold`` (high = low, no ignore band)
-    -> (A,) int64, -1 unmatched. ``rule=Convention.mrcnn``: maskrcnn-benchmark's low-quality
-    rescue (to the anchor's own argmax GT); ``Convention.mmdet``: mmdetection's
-    ``MaxIoUAssigner(min_pos_iou=0, gt_max_assign_all=True)`` (the best anchors of a GT go to that
-    GT, later GTs overwriting earlier ones, SPEC §6). The (G, A) IoU matrix is built in blocks of
-    GTs to bound the temporaries.
-    """
+    -> (A,) int64, -1 unmatched. ``rule=Convention.mrcnn``: maskrcnn-benchmark's low-quality rescue
+    (to the anchor's own argmax GT); ``Convention.mmdet``: ``MaxIoUAssigner(min_pos_iou=0)`` (the
+    best anchors of a GT go to it, a later GT overwriting, SPEC §6). IoUs in blocks of GTs."""
     rule = Convention(rule)
     if len(gt_boxes) == 0:
         return torch.full((len(anchors),), -1, dtype=torch.int64, device=anchors.device)
@@ -92,11 +66,7 @@ def paa_first_stage_match(
     return max_iou_match(iou, iou_threshold, iou_threshold, low_quality, min_pos_iou=0.0)
 
 
-# ---------------------------------------------------------------------------------------------
-# B. anchor scores
-# ---------------------------------------------------------------------------------------------
-
-
+# --- B. anchor scores -------------------------------------------------------------------------
 @torch.no_grad()
 def paa_anchor_scores(
     anchors: Tensor,
@@ -110,16 +80,13 @@ def paa_anchor_scores(
     loc_weight: float = 1.0,
     encode_targets: bool = True,
 ) -> Tensor:
-    """Step B of PAA (SPEC §3.2, trap 10): the score of every anchor (lower = better).
+    """Step B of PAA (SPEC §3.2, trap 10): the score of every anchor (lower = better), for one
+    image or a batch (leading dimensions are flattened).
 
-    score = Σ_c focal(cls_logits, step-A label) + (1 − GIoU(decoded prediction, decoded step-A
-    target)) for step-A positives, + 1e8 for the others. The step-A label of an anchor is the
-    class of its matched GT (background when unmatched). The target goes through the coder
-    (decode(encode(gt))) as in the reference; GIoU has no +1; weight 1. mmdetection's port
-    (SPEC §6): ``loc_weight=1.3`` (its configured GIoU weight) and ``encode_targets=False`` (the GT
-    box itself, ``reg_decoded_bbox``).
-
-    Works for one image or a whole batch: leading dimensions are flattened.
+    score = Σ_c focal(cls_logits, step-A label: its GT's class, background when unmatched)
+    + (1 − GIoU(decoded prediction, decode(encode(GT)))) for step-A positives, + 1e8 for the
+    others; GIoU has no +1; weight 1. mmdetection's port (SPEC §6): ``loc_weight=1.3`` (its
+    configured GIoU weight), ``encode_targets=False`` (the GT box itself, ``reg_decoded_bbox``).
 
     Args:
         anchors: (A, 4) or (..., A, 4), broadcast against ``box_regression``.
@@ -157,11 +124,7 @@ def paa_anchor_scores(
     return (cls + loc).view(shape)
 
 
-# ---------------------------------------------------------------------------------------------
-# C. candidates per GT and level
-# ---------------------------------------------------------------------------------------------
-
-
+# --- C. candidates per GT and level -----------------------------------------------------------
 def _level_of(local_idx: Tensor, num_anchors_per_level: Sequence[int]) -> Tensor:
     """Pyramid level (L,) of anchors given their index inside one image (P,) -> (P,)."""
     ends = torch.tensor(list(num_anchors_per_level), device=local_idx.device).cumsum(0)  # (L,)
@@ -170,18 +133,14 @@ def _level_of(local_idx: Tensor, num_anchors_per_level: Sequence[int]) -> Tensor
 
 def _sortable_int(x: Tensor) -> Tensor:
     """Integers with the same order as the floats ``x`` (IEEE bits, negatives flipped)."""
-    if x.dtype == torch.float64:
-        bits, flip = x.view(torch.int64), 0x7FFFFFFFFFFFFFFF
-    else:
-        bits, flip = x.float().view(torch.int32), 0x7FFFFFFF
+    is64 = x.dtype == torch.float64
+    bits, flip = (x.view(torch.int64), 0x7FFFFFFFFFFFFFFF) if is64 else (x.float().view(torch.int32), 0x7FFFFFFF)
     return torch.where(bits < 0, bits ^ flip, bits)
 
 
 def _first_position(sorted_keys: Tensor) -> Tensor:
     """For a sorted 1-D tensor, the position of each element within its run of equal keys."""
-    return torch.arange(sorted_keys.numel(), device=sorted_keys.device) - torch.searchsorted(
-        sorted_keys, sorted_keys
-    )
+    return torch.arange(sorted_keys.numel(), device=sorted_keys.device) - torch.searchsorted(sorted_keys, sorted_keys)
 
 
 def _prefilter(s: Tensor, idx: Tensor, group: Tensor, num_groups: int, topk: int) -> Tensor:
@@ -200,17 +159,11 @@ def _select_candidates(
     scores: Tensor, matched: Tensor, num_anchors_per_level: Sequence[int], num_gts: int, topk: int
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Step C on flattened anchors: per GT and level the ≤ topk lowest scores among its matches
-    (exact ties: lower anchor index).
-
-    Args:
-        scores: (N,) anchor scores, images concatenated.
-        matched: (N,) int64 first-stage GT index (global over the batch), < 0 = not a candidate.
-    Returns:
-        cand_idx (G, K) int64 (-1 padded), cand_scores (G, K) ascending (+inf padded),
-        count (G,) int64; K = max count (≥ 1).
+    (exact ties: lower anchor index). scores (N,), images concatenated; matched (N,) int64
+    first-stage GT index (global over the batch), < 0 = not a candidate -> cand_idx (G, K) int64
+    (-1 padded), cand_scores (G, K) ascending (+inf padded), count (G,) int64; K = max count (≥ 1).
     """
-    L = len(num_anchors_per_level)
-    A = int(sum(num_anchors_per_level))
+    L, A = len(num_anchors_per_level), int(sum(num_anchors_per_level))
     idx = torch.nonzero(matched >= 0).squeeze(1)  # (P,) ascending anchor index
     s, g = scores[idx], matched[idx]  # (P,), (P,)
     local = idx % A if scores.numel() != A else idx  # (P,) index inside its image
@@ -239,18 +192,11 @@ def _select_candidates(
     return cand_idx, cand_scores, count
 
 
-# ---------------------------------------------------------------------------------------------
-# D. GMM and cut
-# ---------------------------------------------------------------------------------------------
-
-
+# --- D. GMM and cut ---------------------------------------------------------------------------
 class PAAPartition(NamedTuple):
-    """Intermediates of :func:`paa_partition` (``details=True``), for inspection / visualisation.
-
-    Rows are the GTs (of all images, concatenated, for a batch). Candidates of a GT are listed in
-    ascending score order (ties: lower anchor index first), not level by level; ``fit`` is the
-    GMM over those rows (rows with < 2 candidates are not fitted: ``n_iter`` 0, initial parameters).
-    """
+    """Intermediates of :func:`paa_partition` (``details=True``). Rows are the GTs (of all images,
+    concatenated); a GT's candidates are in ascending score order (ties: lower anchor index), not
+    level by level; ``fit`` is the GMM over those rows (< 2 candidates: not fitted, ``n_iter`` 0)."""
 
     matched: Tensor  # (A,) or (B, A) int64 per-image GT index or -1 (what paa_partition returns)
     candidate_idxs: Tensor  # (G, K) int64 anchor indices inside the GT's image, -1 padded
@@ -266,7 +212,11 @@ def _cut(fit: GMMFit, valid: Tensor, count: Tensor, variant: PAAVariant) -> tupl
 
     Component 0 (initialised at the minimum) is foreground by index; j = the first sorted
     position of a component-0 sample attaining the max mixture log-density among component-0
-    samples.
+    samples. ``original``: one candidate → positive; else positions 0..j (component-1 samples
+    before j included); no component-0 sample → all positive. ``mmdet`` (``paa_reassign``): < 2
+    candidates or no component-0 sample → nothing; else the component-0 samples at 0..j.
+    ``minimal`` (PAA_minimal): as ``original`` but the cut is j's index *within the component-0
+    subset*, applied to the full list.
     """
     G, K = valid.shape
     pos_k = torch.arange(K, device=valid.device)  # (K,)
@@ -298,8 +248,7 @@ def _partition_flat(
     variant: PAAVariant,
 ) -> PAAPartition:
     """Steps C–D on N flattened anchors with global GT indices; ``matched`` of the result is (N,)."""
-    N = scores.numel()
-    device = scores.device
+    N, device = scores.numel(), scores.device
     cand_idx, cand_scores, count = _select_candidates(scores, matched, num_anchors_per_level, num_gts, topk)  # C.
     G, K = cand_idx.shape
     valid = torch.arange(K, device=device) < count[:, None]  # (G, K)
@@ -333,27 +282,16 @@ def paa_partition(
 ) -> Tensor | PAAPartition:
     """Steps C–D of PAA (SPEC §3.2): re-assign the first-stage positives, for one image or a batch.
 
-    1. Candidates: for each GT g and level, the ``min(topk, #)`` anchors with the smallest
-       score among those whose first-stage match is g (exact score ties: lower anchor index).
-    2. No candidate → g gets nothing; exactly one → it is positive (``mmdet``: nothing).
-    3. Otherwise fit the two-component GMM (:func:`gmm_fit`) on the ascending-sorted scores;
-       component 0 (initialised at the minimum) is foreground by index. Let j = the smallest
-       sorted position of a component-0 sample attaining the maximum mixture log-density among
-       component-0 samples. ``original``: positions 0..j are positive (component-1 samples
-       before j included); no component-0 sample → all candidates positive. ``mmdet``
-       (mmdetection's ``paa_reassign``): only the component-0 samples at positions 0..j; no
-       component-0 sample → nothing. ``minimal`` (PAA_minimal): as ``original`` but the cut
-       is the index of that sample *within the component-0 subset*, applied to the full list.
-    4. Everything else is background.
-
-    A batch is served by one candidate selection and one GMM call (GT indices offset per image
-    so that the GTs of all images form one batch of rows).
+    C. For each GT g and level, the ``min(topk, #)`` anchors with the smallest score among those
+       whose first-stage match is g (exact score ties: lower anchor index).
+    D. No candidate → g gets nothing; else the GMM (:func:`gmm_fit`) on the ascending-sorted
+       scores and the cut of ``variant`` (:func:`_cut`). Everything else is background.
+    A batch is served by one candidate selection and one GMM call (GT indices offset per image).
 
     Args:
         anchor_scores: (A,) or (B, A) anchor scores (lower = better), e.g. :func:`paa_anchor_scores`.
         first_stage_matched: (A,) or (B, A) int64 per-image step-A GT index, negative = not matched.
-        num_anchors_per_level: the L anchor counts of one image (A = their sum).
-        num_gts: G (one image) or the B per-image GT counts.
+        num_anchors_per_level: the L anchor counts of one image; num_gts: G, or the B per-image counts.
         variant: a :class:`~assigndet.variants.PAAVariant` or its spelling.
         details: return the intermediates (:class:`PAAPartition`) instead of the matches.
     Returns:
@@ -364,9 +302,7 @@ def paa_partition(
     scores = anchor_scores.reshape(-1, anchor_scores.shape[-1])  # (A,) or (B, A) -> (B, A)
     counts = [int(num_gts)] if single else list(num_gts)
     matched, offsets = _to_global(first_stage_matched.reshape(scores.shape), counts)  # (B, A), (B, 1)
-    part = _partition_flat(
-        scores.reshape(-1), matched.reshape(-1), num_anchors_per_level, sum(counts), topk, variant
-    )
+    part = _partition_flat(scores.reshape(-1), matched.reshape(-1), num_anchors_per_level, sum(counts), topk, variant)
     out = part.matched.view(matched.shape)  # (N,) -> (B, A) global
     out = torch.where(out >= 0, out - offsets, out)  # (B, A) per image
     out = out[0] if single else out
@@ -377,11 +313,7 @@ def paa_partition(
     return part._replace(matched=out, candidate_idxs=local_idx)
 
 
-# ---------------------------------------------------------------------------------------------
-# A–D: the assigner
-# ---------------------------------------------------------------------------------------------
-
-
+# --- A–D: the assigner ------------------------------------------------------------------------
 class PAAAssignment(NamedTuple):
     """Intermediates of :func:`paa_assign` (``details=True``)."""
 
@@ -406,21 +338,17 @@ def paa_assign(
     variant: PAAVariant | str = PAAVariant.original,
     details: bool = False,
 ) -> Tensor | PAAAssignment:
-    """PAA's assignment (SPEC §3.2, steps A–D), for one image or a batch.
-
-    A. Per image, :func:`paa_first_stage_match` at ``iou_threshold`` (IoU with ``offset``).
-    B. One :func:`paa_anchor_scores` for the whole batch, with the step-A labels.
-    C–D. One candidate selection and GMM call for the batch (:func:`paa_partition`).
+    """PAA's assignment (SPEC §3.2, steps A–D), for one image or a batch: A. per image
+    :func:`paa_first_stage_match` at ``iou_threshold``; B. one :func:`paa_anchor_scores` for the
+    batch, with the step-A labels; C–D. one :func:`paa_partition` for the batch.
 
     Args:
-        anchors: (A, 4) shared by all images, or (B, A, 4).
-        num_anchors_per_level: L counts.
+        anchors: (A, 4) shared by all images, or (B, A, 4); num_anchors_per_level: L counts.
         gt_boxes, gt_labels: one image's (G, 4), (G,) (0-based labels), or B of them.
         cls_logits: (A, C) or (B, A, C) raw; box_regression: (A, 4) or (B, A, 4) coder deltas.
         offset: pixel convention of the step-A IoU and the coder (1 = original).
-        variant: ``original``, ``minimal`` (PAA_minimal: its cut in steps C–D) or ``mmdet``
-            (mmdetection's port in every step: its ``MaxIoUAssigner`` in step A, GIoU weight 1.3
-            on the GT box itself in step B, its cut in steps C–D; SPEC §6).
+        variant: ``original``, ``minimal`` (PAA_minimal's cut in D) or ``mmdet`` (mmdetection's port
+            in every step: ``MaxIoUAssigner`` in A, GIoU weight 1.3 on the GT box in B, its cut in D).
         details: return the intermediates (:class:`PAAAssignment`).
     Returns:
         (A,) or (B, A) int64 per-image GT index of each positive anchor, -1 background.
@@ -433,15 +361,15 @@ def paa_assign(
     B, A = cls_logits.shape[:2]
     num_gts = [len(g) for g in gt_boxes]
     anchors_b = anchors.expand(B, A, 4)  # (B, A, 4)
-    rule = Convention.mmdet if variant is PAAVariant.mmdet else Convention.mrcnn
-    matched = torch.zeros(B, A, dtype=torch.int64, device=cls_logits.device)  # (B, A) per image
-    for b in range(B):  # A.
-        matched[b] = paa_first_stage_match(anchors_b[b], gt_boxes[b], iou_threshold=iou_threshold,
-                                           offset=offset, rule=rule)
+    mm = variant is PAAVariant.mmdet
+    rule = Convention.mmdet if mm else Convention.mrcnn
+    matched = torch.stack([  # A. (B, A) per image
+        paa_first_stage_match(anchors_b[b], gt_boxes[b], iou_threshold=iou_threshold, offset=offset, rule=rule)
+        for b in range(B)
+    ]) if B else torch.zeros(0, A, dtype=torch.int64, device=cls_logits.device)
     matched_global, _ = _to_global(matched, num_gts)  # (B, A) into the concatenated GTs
     all_boxes = torch.cat(list(gt_boxes)) if B else anchors.new_zeros(0, 4)  # (M, 4)
     all_labels = torch.cat(list(gt_labels)).long() if B else matched.new_zeros(0)  # (M,)
-    mm = variant is PAAVariant.mmdet
     scores = paa_anchor_scores(  # B.
         anchors_b, cls_logits, box_regression, matched_global, all_boxes, all_labels, offset=offset,
         loc_weight=MMDET_ANCHOR_SCORE_GIOU_WEIGHT if mm else 1.0, encode_targets=not mm,
@@ -455,13 +383,9 @@ def paa_assign(
     return PAAAssignment(part.matched, matched, scores, part)
 
 
-# ---------------------------------------------------------------------------------------------
-# Aliases of the previous API (one release)
-# ---------------------------------------------------------------------------------------------
-
-
+# --- Aliases of the previous API (one release) ------------------------------------------------
 def paa_partition_details(*args, **kwargs) -> PAAPartition:
-    """:func:`paa_partition` with ``details=True``."""
+    """:func:`paa_partition` with ``details=True`` (the name the ``explain`` command uses)."""
     return paa_partition(*args, details=True, **kwargs)
 
 
