@@ -1,6 +1,8 @@
+import pytest
 import torch
 
 from assigndet.anchors import AnchorGenerator, cell_anchors
+from assigndet.variants import Convention
 
 
 def test_cell_anchors_match_spec():
@@ -14,6 +16,13 @@ def test_cell_anchors_match_spec():
     assert c[1].tolist() == [-11.5, -11.5, 19.5, 19.5]
     m = cell_anchors(8, 64, style="mmdet")
     assert m.tolist() == [[-32.0, -32.0, 32.0, 32.0]]
+
+
+def test_anchor_style_is_a_convention_coerced_once():
+    assert torch.equal(cell_anchors(8, 64, style=Convention.mmdet), cell_anchors(8, 64, style="mmdet"))
+    assert torch.equal(cell_anchors(16, 128, (0.5, 2.0), 3, style=Convention.mrcnn), cell_anchors(16, 128, (0.5, 2.0), 3))
+    with pytest.raises(ValueError, match="expected one of: mrcnn, mmdet"):
+        AnchorGenerator(sizes=[64], strides=[8], style="detectron")
 
 
 def test_generator_order_and_fixture():

@@ -10,6 +10,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .variants import Convention
+
 
 def cell_anchors(
     stride: int,
@@ -17,32 +19,31 @@ def cell_anchors(
     aspect_ratios: list[float] | tuple[float, ...] = (1.0,),
     scales_per_octave: int = 1,
     *,
-    style: str = "mrcnn",
+    style: Convention | str = Convention.mrcnn,
 ) -> Tensor:
     """The A = len(ratios) * scales_per_octave anchors of one location at the origin -> (A, 4).
 
-    ``style="mrcnn"`` (maskrcnn-benchmark/Detectron, +1 widths): centre (s/2, s/2); the ratio
+    ``style=Convention.mrcnn`` (maskrcnn-benchmark/Detectron, +1 widths): centre (s/2, s/2); the ratio
     shapes are rounded on the base stride cell, ``w = round(sqrt(s^2 / r))``, ``h = round(w r)``,
     then scaled to ``size``; box = centre -/+ (w - 1) / 2. Stride 8, size 64 gives
     [-27.5, -27.5, 35.5, 35.5].
-    ``style="mmdet"``: centre (0, 0), w = size / sqrt(r), h = size * sqrt(r), box = -/+ w / 2.
+    ``style=Convention.mmdet``: centre (0, 0), w = size / sqrt(r), h = size * sqrt(r), box = -/+ w / 2.
     Octave scales multiply the size by 2^(k / scales_per_octave), k = 0..K-1; order is ratio-major.
     """
+    style = Convention(style)
     out = []
     for r in aspect_ratios:
         for k in range(scales_per_octave):
             z = size * 2.0 ** (k / scales_per_octave)
-            if style == "mrcnn":
+            if style is Convention.mrcnn:
                 w0 = round(math.sqrt(stride * stride / r))
                 h0 = round(w0 * r)
                 w, h = w0 * z / stride, h0 * z / stride
                 c = stride / 2.0
                 out.append([c - (w - 1) / 2, c - (h - 1) / 2, c + (w - 1) / 2, c + (h - 1) / 2])
-            elif style == "mmdet":
+            else:
                 w, h = z / math.sqrt(r), z * math.sqrt(r)
                 out.append([-w / 2, -h / 2, w / 2, h / 2])
-            else:
-                raise ValueError(f"unknown anchor style {style!r} (expected 'mrcnn' or 'mmdet')")
     return torch.tensor(out, dtype=torch.float32)
 
 
@@ -65,7 +66,7 @@ class AnchorGenerator(nn.Module):
         strides: list[int],
         aspect_ratios: list[float] = (1.0,),
         scales_per_octave: int = 1,
-        style: str = "mrcnn",
+        style: Convention | str = Convention.mrcnn,
     ) -> None:
         super().__init__()
         if len(sizes) != len(strides):
