@@ -3,6 +3,7 @@ import torch
 from torchvision.ops import box_iou as tv_box_iou
 
 from assigndet.postprocess.iou_nms import iou_guided_nms
+from assigndet.variants import IoURank
 from conftest import load_fixture
 
 MODES = {"rank": "iou", "weight": "score_iou", "none": "score"}
@@ -101,6 +102,14 @@ def test_empty_inputs(rank_by):
     assert keep.tolist() == [0] and out.tolist() == [0.5]
 
 
-def test_bad_rank_by():
-    with pytest.raises(ValueError):
+def test_rank_by_is_an_iou_rank_coerced_once():
+    with pytest.raises(ValueError, match="expected one of: iou, score_iou, score"):
         iou_guided_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0), torch.zeros(0).long(), rank_by="loc")
+    g = torch.Generator().manual_seed(3)
+    xy = torch.rand(60, 2, generator=g) * 50
+    boxes = torch.cat((xy, xy + 5 + torch.rand(60, 2, generator=g) * 30), dim=1)
+    scores, ious, labels = torch.rand(60, generator=g), torch.rand(60, generator=g), torch.randint(0, 3, (60,), generator=g)
+    for rank in IoURank:
+        a = iou_guided_nms(boxes, scores, ious, labels, rank_by=rank)
+        b = iou_guided_nms(boxes, scores, ious, labels, rank_by=rank.value)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

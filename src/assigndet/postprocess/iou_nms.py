@@ -15,10 +15,9 @@ from torch import Tensor
 from torchvision.ops import nms
 
 from ..boxes import box_iou
+from ..variants import IoURank
 
 __all__ = ["iou_guided_nms", "refine_boxes"]
-
-_RANK_KEYS = ("iou", "score_iou", "score")
 
 
 @torch.no_grad()
@@ -30,7 +29,7 @@ def iou_guided_nms(
     *,
     iou_threshold: float = 0.5,
     score_threshold: float = 0.05,
-    rank_by: str = "iou",
+    rank_by: IoURank | str = IoURank.iou,
 ) -> tuple[Tensor, Tensor]:
     """Class-wise NMS ranked by predicted IoU, scoring each kept box by its cluster's best class score.
 
@@ -52,14 +51,13 @@ def iou_guided_nms(
         labels: (K,) int64 class indices.
         iou_threshold: suppression threshold.
         score_threshold: candidate threshold on ``scores``.
-        rank_by: "iou", "score_iou" or "score".
+        rank_by: an :class:`~assigndet.variants.IoURank` or its spelling.
 
     Returns:
         keep: (N,) int64 indices into the K inputs, in output order.
         out_scores: (N,) the output scores (descending). ``ious[keep]`` are the kept boxes' IoUs.
     """
-    if rank_by not in _RANK_KEYS:
-        raise ValueError(f"rank_by must be one of {_RANK_KEYS}, got {rank_by!r}")
+    rank_by = IoURank(rank_by)
     # 1. score threshold
     cand = torch.nonzero(scores >= score_threshold).squeeze(1)  # (Kc,)
     if cand.numel() == 0:
@@ -67,29 +65,37 @@ def iou_guided_nms(
     cand_boxes = boxes[cand]  # (Kc, 4)
     cand_scores = scores[cand]  # (Kc,)
     cand_labels = labels[cand]  # (Kc,)
-    # 2. ranking key
-    if rank_by == "iou":
-        key = ious[cand]
-    elif rank_by == "score_iou":
-        key = cand_scores * ious[cand]
-    else:
-        key = cand_scores
+    key = _rank_key(rank_by, cand_scores, ious[cand])  # 2. (Kc,)
     # 3. class-wise greedy NMS via the class-offset trick (as the reference)
     offset_boxes = cand_boxes + (cand_labels.to(cand_boxes.dtype) * (cand_boxes.max() + 1))[:, None]  # (Kc, 4)
     kept = nms(offset_boxes, key, iou_threshold)  # (N,) into cand, by descending key
-    if rank_by == "score":
+    if rank_by is IoURank.score:
         out_scores = cand_scores[kept]  # (N,) already descending
         return cand[kept], out_scores
-    # 4. clusters: each candidate goes to the first kept box (rank order) with IoU > thr
-    overlaps = box_iou(offset_boxes[kept], offset_boxes, offset=0.0) > iou_threshold  # (N, Kc)
-    owner = overlaps.to(torch.uint8).argmax(dim=0)  # (Kc,) first overlapping kept row
-    owned = overlaps.any(dim=0)  # (Kc,)
-    in_cluster = (owner[None, :] == torch.arange(kept.numel(), device=kept.device)[:, None]) & owned[None, :]  # (N, Kc)
-    empty_value = cand_scores.min() - 1  # a kept box with an empty cluster (degenerate box), as the reference
-    cluster_scores = torch.where(in_cluster, cand_scores[None, :], empty_value).amax(dim=1)  # (N,)
+    cluster_scores = _cluster_scores(offset_boxes, cand_scores, kept, iou_threshold)  # 4. (N,)
     # 5. sort by the cluster score
     out_scores, order = cluster_scores.sort(descending=True, stable=True)  # (N,)
     return cand[kept[order]], out_scores
+
+
+def _rank_key(rank_by: IoURank, scores: Tensor, ious: Tensor) -> Tensor:
+    """Step 2 of :func:`iou_guided_nms`: the NMS ranking key of the candidates (Kc,)."""
+    if rank_by is IoURank.iou:
+        return ious
+    if rank_by is IoURank.score_iou:
+        return scores * ious
+    return scores
+
+
+def _cluster_scores(boxes: Tensor, scores: Tensor, kept: Tensor, iou_threshold: float) -> Tensor:
+    """Step 4 of :func:`iou_guided_nms`: each candidate (Kc,) goes to the first kept box (rank
+    order) it overlaps by > ``iou_threshold``; the max score over each kept box's cluster -> (N,)."""
+    overlaps = box_iou(boxes[kept], boxes, offset=0.0) > iou_threshold  # (N, Kc)
+    owner = overlaps.to(torch.uint8).argmax(dim=0)  # (Kc,) first overlapping kept row
+    owned = overlaps.any(dim=0)  # (Kc,)
+    in_cluster = (owner[None, :] == torch.arange(kept.numel(), device=kept.device)[:, None]) & owned[None, :]  # (N, Kc)
+    empty_value = scores.min() - 1  # a kept box with an empty cluster (degenerate box), as the reference
+    return torch.where(in_cluster, scores[None, :], empty_value).amax(dim=1)  # (N,)
 
 
 def refine_boxes(
@@ -138,21 +144,27 @@ def refine_boxes(
         for step in range(steps):
             if not bool(active.any()):
                 break
-            (grad,) = torch.autograd.grad(cur_iou.sum(), cur)  # (K, 4)
-            box = cur.detach()  # (K, 4)
-            w = box[:, 2] - box[:, 0]  # (K,)
-            h = box[:, 3] - box[:, 1]  # (K,)
-            delta = step_size * grad * torch.stack((w, h, w, h), dim=1)  # (K, 4)
-            new = torch.where(active[:, None], box + delta, box)  # (K, 4)
-            if step < steps - 1:  # the last IoU needs no gradient: no graph
-                new = new.requires_grad_(True)
-                new_iou = iou_fn(new)  # (K,)
-            else:
-                with torch.no_grad():
-                    new_iou = iou_fn(new)  # (K,)
-            new_val = new_iou.detach()  # (K,)
+            cur, cur_iou = _ascent_step(cur, cur_iou, active, iou_fn, step_size, last=step == steps - 1)
+            new_val = cur_iou.detach()  # (K,)
             stop = ((final_iou - new_val).abs() < omega1) | ((new_val - final_iou) < omega2)  # (K,)
             final_iou = torch.where(active, new_val, final_iou)  # (K,) stopped boxes keep IoU_new
             active = active & ~stop
-            cur, cur_iou = new, new_iou
     return cur.detach(), final_iou
+
+
+def _ascent_step(
+    cur: Tensor, cur_iou: Tensor, active: Tensor, iou_fn: Callable[[Tensor], Tensor], step_size: float, *, last: bool
+) -> tuple[Tensor, Tensor]:
+    """One step of :func:`refine_boxes`: box += step_size * dIoU/dbox * (w, h, w, h) for the active
+    boxes (K, 4), and the new IoUs (K,) (with a graph to the new boxes unless ``last``)."""
+    (grad,) = torch.autograd.grad(cur_iou.sum(), cur)  # (K, 4)
+    box = cur.detach()  # (K, 4)
+    w = box[:, 2] - box[:, 0]  # (K,)
+    h = box[:, 3] - box[:, 1]  # (K,)
+    delta = step_size * grad * torch.stack((w, h, w, h), dim=1)  # (K, 4)
+    new = torch.where(active[:, None], box + delta, box)  # (K, 4)
+    if last:  # the last IoU needs no gradient: no graph
+        with torch.no_grad():
+            return new, iou_fn(new)  # (K,)
+    new = new.requires_grad_(True)
+    return new, iou_fn(new)  # (K,)
