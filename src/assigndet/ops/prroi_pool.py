@@ -84,6 +84,66 @@ def _axis_weights(lo: Tensor, hi: Tensor, start: Tensor, support: int) -> Tensor
     return _hat_integral(hi[..., None] - pos) - _hat_integral(lo[..., None] - pos)  # (R, P, S)
 
 
+def _bin_edges(boxes: Tensor, ph_: int, pw_: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Bin edges u1, u2 (R, PW) and v1, v2 (R, PH) of the RoIs (R, 4), 1 / bin area (R,) (0 for
+    zero-area RoIs) and the non-zero-area mask (R,)."""
+    x1, y1, x2, y2 = boxes.unbind(dim=1)  # (R,) each
+    bin_w = (x2 - x1).clamp(min=0) / pw_  # (R,)
+    bin_h = (y2 - y1).clamp(min=0) / ph_  # (R,)
+    area = bin_w * bin_h  # (R,)
+    nonzero = area > 0  # (R,)
+    inv_area = torch.where(nonzero, 1.0 / torch.where(nonzero, area, torch.ones_like(area)), 0.0)  # (R,)
+    u1 = x1[:, None] + torch.arange(pw_, device=boxes.device, dtype=boxes.dtype) * bin_w[:, None]  # (R, PW)
+    v1 = y1[:, None] + torch.arange(ph_, device=boxes.device, dtype=boxes.dtype) * bin_h[:, None]  # (R, PH)
+    return u1, u1 + bin_w[:, None], v1, v1 + bin_h[:, None], inv_area, nonzero
+
+
+def _bag_starts(
+    rows_y: Tensor, start_x: Tensor, count_x: Tensor, start_y: Tensor, first_entry: Tensor, row_offset: Tensor,
+    width: Tensor, support_x: int, support_y: int,
+) -> Tensor:
+    """Step 3: per bag (bin) in (r, ph, pw) order, whose support rectangle is listed row by row,
+    (first entry, entries per support row, first table row, table rows per map row, K_y offset,
+    K_x offset) -> (R*PH*PW, 6). ``rows_y`` (R, PH) support rows (0 for zero-area RoIs)."""
+    num_rois, ph_ = rows_y.shape
+    pw_ = count_x.shape[1]
+    shape = (num_rois, ph_, pw_)
+    r_idx = torch.arange(num_rois, device=rows_y.device)[:, None, None]  # (R, 1, 1)
+    ph_idx = torch.arange(ph_, device=rows_y.device)[None, :, None]  # (1, PH, 1)
+    pw_idx = torch.arange(pw_, device=rows_y.device)[None, None, :]  # (1, 1, PW)
+    w_r = width[:, None, None]  # (R, 1, 1)
+    return torch.stack(
+        (
+            first_entry.view(shape),  # first entry of the bag
+            count_x[:, None, :].expand(shape),  # entries per support row
+            row_offset[:, None, None] + start_y[:, :, None] * w_r + start_x[:, None, :],  # first table row
+            w_r.expand(shape),  # table rows per map row
+            ((r_idx * ph_ + ph_idx) * support_y).expand(shape),  # K_y offset of (r, ph)
+            ((r_idx * pw_ + pw_idx) * support_x).expand(shape),  # K_x offset of (r, pw)
+        ),
+        dim=-1,
+    ).view(num_rois * ph_ * pw_, 6)
+
+
+def _bag_entries(per_bin: Tensor, rows_per_bin: Tensor, num_rows: int, total: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Step 4: every entry (E = total) of every bag -> table row (E,), index into K_y (E,) and
+    into K_x (E,)."""
+    device = per_bin.device
+    # 4a. Support rows (Q of them): row ky of bag b.
+    per_row = torch.repeat_interleave(per_bin, rows_per_bin, dim=0, output_size=num_rows)  # (Q, 6)
+    first, row_len, base, row_step, wy_off, wx_off = per_row.unbind(dim=1)  # (Q,) each
+    row_first = torch.cumsum(rows_per_bin, dim=0) - rows_per_bin  # (R*PH*PW,) first row of each bag
+    ky = torch.arange(num_rows, device=device) - torch.repeat_interleave(
+        row_first, rows_per_bin, output_size=num_rows
+    )  # (Q,)
+    per_row = torch.stack((first + ky * row_len, base + ky * row_step, wy_off + ky, wx_off), dim=1)  # (Q, 4)
+    # 4b. Entries: position kx of support row q.
+    entry = torch.repeat_interleave(per_row, row_len, dim=0, output_size=total)  # (E, 4)
+    first, row_index, wy_index, wx_index = entry.unbind(dim=1)  # (E,) each
+    kx = torch.arange(total, device=device) - first  # (E,)
+    return row_index + kx, wy_index, wx_index + kx
+
+
 def _prroi_pool_table(
     table: Tensor,
     row_offset: Tensor,
@@ -107,21 +167,10 @@ def _prroi_pool_table(
     ph_, pw_ = output_size
     num_rois = boxes.shape[0]
     num_channels = table.shape[1]
-    device = boxes.device
     if num_rois == 0:
         return table.new_zeros((0, ph_, pw_, num_channels))
-    x1, y1, x2, y2 = boxes.unbind(dim=1)  # (R,) each
-    bin_w = (x2 - x1).clamp(min=0) / pw_  # (R,)
-    bin_h = (y2 - y1).clamp(min=0) / ph_  # (R,)
-    area = bin_w * bin_h  # (R,)
-    nonzero = area > 0  # (R,)
-    inv_area = torch.where(nonzero, 1.0 / torch.where(nonzero, area, torch.ones_like(area)), 0.0)  # (R,)
-
     # 1. Bin edges and their in-map supports per axis.
-    u1 = x1[:, None] + torch.arange(pw_, device=device, dtype=boxes.dtype) * bin_w[:, None]  # (R, PW)
-    u2 = u1 + bin_w[:, None]  # (R, PW)
-    v1 = y1[:, None] + torch.arange(ph_, device=device, dtype=boxes.dtype) * bin_h[:, None]  # (R, PH)
-    v2 = v1 + bin_h[:, None]  # (R, PH)
+    u1, u2, v1, v2, inv_area, nonzero = _bin_edges(boxes, ph_, pw_)
     start_x, count_x = _axis_support(u1, u2, width)  # (R, PW) each
     start_y, count_y = _axis_support(v1, v2, height)  # (R, PH) each
     # Entries per bin: its in-map support rectangle, none for zero-area RoIs. (R, PH, PW)
@@ -132,48 +181,17 @@ def _prroi_pool_table(
     support_x, support_y, num_rows, total, finite = stats.tolist()
     if not finite:
         raise ValueError("prroi_pool: RoI coordinates must be finite")
-
     # 2. 1-D weights K_x (R, PW, Sx), K_y (R, PH, Sy) at the support positions; 1/area folded in K_y.
     wx = _axis_weights(u1, u2, start_x, support_x)  # (R, PW, Sx)
     wy = _axis_weights(v1, v2, start_y, support_y) * inv_area[:, None, None]  # (R, PH, Sy)
-
-    # 3. Bags (bins) in (r, ph, pw) order; each bag lists its support rectangle row by row.
-    num_bins = num_rois * ph_ * pw_
-    shape = (num_rois, ph_, pw_)
-    count = count.reshape(num_bins)
+    # 3.-4. Bags (bins) and their entries.
+    count = count.reshape(num_rois * ph_ * pw_)  # (R, PH, PW) -> (R*PH*PW,)
     first_entry = torch.cumsum(count, dim=0) - count  # (R*PH*PW,) exclusive; the bags' offsets
-    rows_per_bin = (count_y[:, :, None] * nonzero[:, None, None]).expand(shape).reshape(num_bins)
-    r_idx = torch.arange(num_rois, device=device)[:, None, None]  # (R, 1, 1)
-    ph_idx = torch.arange(ph_, device=device)[None, :, None]  # (1, PH, 1)
-    pw_idx = torch.arange(pw_, device=device)[None, None, :]  # (1, 1, PW)
-    w_r = width[:, None, None]  # (R, 1, 1)
-    per_bin = torch.stack(
-        (
-            first_entry.view(shape),  # first entry of the bag
-            count_x[:, None, :].expand(shape),  # entries per support row
-            row_offset[:, None, None] + start_y[:, :, None] * w_r + start_x[:, None, :],  # first table row
-            w_r.expand(shape),  # table rows per map row
-            ((r_idx * ph_ + ph_idx) * support_y).expand(shape),  # K_y offset of (r, ph)
-            ((r_idx * pw_ + pw_idx) * support_x).expand(shape),  # K_x offset of (r, pw)
-        ),
-        dim=-1,
-    ).view(num_bins, 6)
-
-    # 4a. Support rows (Q of them): row ky of bag b.
-    per_row = torch.repeat_interleave(per_bin, rows_per_bin, dim=0, output_size=num_rows)  # (Q, 6)
-    first, row_len, base, row_step, wy_off, wx_off = per_row.unbind(dim=1)  # (Q,) each
-    row_first = torch.cumsum(rows_per_bin, dim=0) - rows_per_bin  # (R*PH*PW,) first row of each bag
-    ky = torch.arange(num_rows, device=device) - torch.repeat_interleave(
-        row_first, rows_per_bin, output_size=num_rows
-    )  # (Q,)
-    per_row = torch.stack((first + ky * row_len, base + ky * row_step, wy_off + ky, wx_off), dim=1)  # (Q, 4)
-    # 4b. Entries (E = total): position kx of support row q.
-    entry = torch.repeat_interleave(per_row, row_len, dim=0, output_size=total)  # (E, 4)
-    first, row_index, wy_index, wx_index = entry.unbind(dim=1)  # (E,) each
-    kx = torch.arange(total, device=device) - first  # (E,)
-    index = row_index + kx  # (E,) table rows
-    weight = wy.reshape(-1).index_select(0, wy_index) * wx.reshape(-1).index_select(0, wx_index + kx)  # (E,)
-
+    rows_y = count_y * nonzero[:, None]  # (R, PH)
+    rows_per_bin = rows_y[:, :, None].expand(num_rois, ph_, pw_).reshape(-1)  # (R*PH*PW,)
+    per_bin = _bag_starts(rows_y, start_x, count_x, start_y, first_entry, row_offset, width, support_x, support_y)
+    index, wy_index, wx_index = _bag_entries(per_bin, rows_per_bin, num_rows, total)  # (E,) each
+    weight = wy.reshape(-1).index_select(0, wy_index) * wx.reshape(-1).index_select(0, wx_index)  # (E,)
     # 5. One weighted gather-sum for all bins; empty bags (zero-area or off-map bins) give 0.
     pooled = F.embedding_bag(
         index, table, first_entry, mode="sum", per_sample_weights=weight.to(table.dtype)
