@@ -310,6 +310,8 @@ class SolverConfig:
     clip_grad_norm: float = 0.0  # 0 = off
     amp: AMP = AMP.off  # bf16 on CPU or CUDA, fp16 on CUDA
     checkpoint_period: int = 5000
+    keep_last: int = 3  # periodic checkpoints kept on disk (the final one and the newest always stay)
+    sync_bn: bool = True  # under DDP, BatchNorm layers (not FrozenBN) become SyncBatchNorm
     eval_period: int = 0  # 0 = only at the end
     log_period: int = 20
 
