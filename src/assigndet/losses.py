@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .boxes import giou_loss
 
-__all__ = ["reduce_mean", "focal_loss_sum", "focal_loss_per_anchor", "giou_loss", "weighted_giou_sum", "bce_sum", "centerness_target"]
+__all__ = ["reduce_mean", "focal_loss_sum", "focal_loss_per_anchor", "quality_focal_loss_sum", "giou_loss", "weighted_giou_sum", "bce_sum", "centerness_target"]
 
 
 def reduce_mean(x: Tensor) -> Tensor:
@@ -48,6 +48,21 @@ def focal_loss_per_anchor(logits: Tensor, labels: Tensor, *, alpha: float = 0.25
     neg_term = (1 - alpha) * pz.pow(gamma) * F.softplus(z)
     out = neg + torch.where(is_pos, pos_term - neg_term, torch.zeros_like(neg))
     return torch.where(labels >= 0, out, torch.zeros_like(out))  # ignore rows contribute nothing
+
+
+def quality_focal_loss_sum(logits: Tensor, labels: Tensor, quality: Tensor, *, gamma: float = 2.0) -> Tensor:
+    """The quality-focal-loss variant of Dynamic ATSS, summed (SPEC §4.2).
+
+    logits (N, C); labels (N,) with C = background; quality (N,) the IoU target q* of positives.
+    Positive class of a positive: |q* - p|^gamma * BCE(p, q*); every other pair: p^gamma * BCE(p, 0).
+    No alpha; computed from logits for stability.
+    """
+    num_classes = logits.shape[1]
+    onehot = F.one_hot(labels, num_classes + 1)[:, :num_classes].to(logits.dtype)  # (N, C)
+    target = onehot * quality[:, None].to(logits.dtype)  # (N, C)
+    p = logits.sigmoid()
+    weight = (target - p).abs().pow(gamma)
+    return (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight).sum()
 
 
 def weighted_giou_sum(pred_boxes: Tensor, target_boxes: Tensor, weights: Tensor | None = None) -> Tensor:
