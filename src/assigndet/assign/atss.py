@@ -60,7 +60,7 @@ def atss_select(quality: Tensor, cand: Tensor, thresh: Tensor, anchor_centers: T
     # resolve multiple GTs by the highest quality; non-positive pairs count as -1e8
     masked = torch.full_like(quality, _NOT_POSITIVE)  # (A, G)
     sel = (cand * num_gts + gt_idx)[is_pos]  # indices into the flattened (A, G) matrix
-    masked.view(-1)[sel] = quality.view(-1)[sel]
+    masked.view(-1)[sel] = quality.view(-1)[sel]  # (A, G) viewed as (A*G,)
     best, best_gt = masked.max(dim=1)  # (A,)
     return torch.where(best > _NOT_POSITIVE, best_gt, torch.full_like(best_gt, -1))
 

@@ -121,7 +121,7 @@ def paa_anchor_scores(
         if encode_targets:
             target = coder.decode(coder.encode(target, a), a)
         loc[pos] = (giou_loss(pred, target) * loc_weight).to(loc.dtype)
-    return (cls + loc).view(shape)
+    return (cls + loc).view(shape)  # (N,) -> (..., A)
 
 
 # --- C. candidates per GT and level -----------------------------------------------------------
@@ -133,8 +133,10 @@ def _level_of(local_idx: Tensor, num_anchors_per_level: Sequence[int]) -> Tensor
 
 def _sortable_int(x: Tensor) -> Tensor:
     """Integers with the same order as the floats ``x`` (IEEE bits, negatives flipped)."""
-    is64 = x.dtype == torch.float64
-    bits, flip = (x.view(torch.int64), 0x7FFFFFFFFFFFFFFF) if is64 else (x.float().view(torch.int32), 0x7FFFFFFF)
+    if x.dtype == torch.float64:  # bit views of the same shape
+        bits, flip = x.view(torch.int64), 0x7FFFFFFFFFFFFFFF
+    else:
+        bits, flip = x.float().view(torch.int32), 0x7FFFFFFF
     return torch.where(bits < 0, bits ^ flip, bits)
 
 
@@ -302,7 +304,8 @@ def paa_partition(
     scores = anchor_scores.reshape(-1, anchor_scores.shape[-1])  # (A,) or (B, A) -> (B, A)
     counts = [int(num_gts)] if single else list(num_gts)
     matched, offsets = _to_global(first_stage_matched.reshape(scores.shape), counts)  # (B, A), (B, 1)
-    part = _partition_flat(scores.reshape(-1), matched.reshape(-1), num_anchors_per_level, sum(counts), topk, variant)
+    flat_scores, flat_matched = scores.reshape(-1), matched.reshape(-1)  # (B, A) -> (N,)
+    part = _partition_flat(flat_scores, flat_matched, num_anchors_per_level, sum(counts), topk, variant)
     out = part.matched.view(matched.shape)  # (N,) -> (B, A) global
     out = torch.where(out >= 0, out - offsets, out)  # (B, A) per image
     out = out[0] if single else out

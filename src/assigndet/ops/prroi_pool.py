@@ -122,7 +122,7 @@ def _bag_starts(
             ((r_idx * pw_ + pw_idx) * support_x).expand(shape),  # K_x offset of (r, pw)
         ),
         dim=-1,
-    ).view(num_rois * ph_ * pw_, 6)
+    ).view(num_rois * ph_ * pw_, 6)  # (R, PH, PW, 6) -> (R*PH*PW, 6)
 
 
 def _bag_entries(per_bin: Tensor, rows_per_bin: Tensor, num_rows: int, total: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -196,7 +196,7 @@ def _prroi_pool_table(
     pooled = F.embedding_bag(
         index, table, first_entry, mode="sum", per_sample_weights=weight.to(table.dtype)
     )  # (R*PH*PW, C)
-    return pooled.view(num_rois, ph_, pw_, num_channels)
+    return pooled.view(num_rois, ph_, pw_, num_channels)  # (R*PH*PW, C) -> (R, PH, PW, C)
 
 
 def _geometry_dtype(dtype: torch.dtype) -> torch.dtype:
