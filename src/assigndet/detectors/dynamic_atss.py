@@ -3,28 +3,12 @@ third branch is trained as an IoU predictor (SPEC §4)."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..assign import dynamic_atss_assign
-from ..losses import bce_sum, reduce_mean, weighted_giou_sum
+from ..losses import bce_sum, quality_focal_loss_sum, reduce_mean, weighted_giou_sum
 from .base import DenseDetector
 from .common import atss_anchors_per_location, gather_targets, zero_loss
-
-
-def quality_focal_loss_sum(logits: Tensor, labels: Tensor, quality: Tensor, *, gamma: float = 2.0) -> Tensor:
-    """The quality-focal-loss variant of Dynamic ATSS, summed (SPEC §4.2).
-
-    logits (N, C); labels (N,) with C = background; quality (N,) the IoU target q* of positives.
-    Positive class of a positive: |q* - p|^gamma * BCE(p, q*); every other pair: p^gamma * BCE(p, 0).
-    No alpha; computed from logits for stability.
-    """
-    num_classes = logits.shape[1]
-    onehot = F.one_hot(labels, num_classes + 1)[:, :num_classes].to(logits.dtype)  # (N, C)
-    target = onehot * quality[:, None].to(logits.dtype)  # (N, C)
-    p = logits.sigmoid()
-    weight = (target - p).abs().pow(gamma)
-    return (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight).sum()
 
 
 class DynamicATSS(DenseDetector):

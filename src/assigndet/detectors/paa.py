@@ -1,10 +1,9 @@
 """PAA (kkhoot/PAA, ECCV 2020): probabilistic anchor assignment with IoU prediction, SPEC §3."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from ..assign.paa import paa_assign_batch
+from ..assign.paa import paa_assign
 from ..boxes import elementwise_iou
 from ..losses import bce_sum, focal_loss_sum, reduce_mean, weighted_giou_sum
 from ..variants import LossNormalizer, PAAVariant
@@ -25,7 +24,7 @@ class PAA(DenseDetector):
     def assign(self, anchors: Tensor, num_per_level: list[int], targets: list[dict], logits: Tensor, deltas: Tensor) -> Tensor:
         """PAA assignment of every image -> (B, A), -1 background (no gradient: inputs detached)."""
         c = self.cfg
-        return paa_assign_batch(anchors, num_per_level, [t["boxes"] for t in targets], [t["labels"] for t in targets],
+        return paa_assign(anchors, num_per_level, [t["boxes"] for t in targets], [t["labels"] for t in targets],
                                 logits.detach(), deltas.detach(), topk=c.topk, iou_threshold=c.paa_iou_threshold,
                                 offset=self.offset, variant=c.paa_variant)
 

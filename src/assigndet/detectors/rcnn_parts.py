@@ -36,7 +36,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..anchors import AnchorGenerator
 from ..assign.max_iou import max_iou_match
-from ..assign.paa import paa_partition_batch
+from ..assign.paa import paa_first_stage_match, paa_partition
 from ..boxes import box_iou, elementwise_iou
 from ..config import RCNNConfig
 from ..nn import flatten_levels
@@ -161,18 +161,15 @@ class RPN(RegionProposalNetwork):
            to the anchor's own argmax GT.
         2. Anchor score = BCE(objectness, matched) + L1 of the deltas (summed over 4) to the matched
            GT for matched anchors, +inf for the others.
-        3. PAA's candidates, GMM and cut (:func:`~assigndet.assign.paa.paa_partition_batch`,
+        3. PAA's candidates, GMM and cut (:func:`~assigndet.assign.paa.paa_partition`,
            TOPK ``rpn_paa_topk``); every GT has label 1.
         """
         c = self.cfg
         B, A = objectness.shape
         # 1.
-        matched = []
-        for t in targets:
-            iou = box_iou(t["boxes"].to(anchors.dtype), anchors, offset=0.0)  # (G, A)
-            matched.append(max_iou_match(iou, c.rpn_paa_iou_threshold, c.rpn_paa_iou_threshold,
-                                         allow_low_quality=True))
-        matched = torch.stack(matched)  # (B, A)
+        matched = torch.stack([paa_first_stage_match(anchors, t["boxes"].to(anchors.dtype),
+                                                     iou_threshold=c.rpn_paa_iou_threshold, offset=0.0)
+                               for t in targets])  # (B, A)
         # 2.
         pos = matched >= 0  # (B, A)
         cls = F.binary_cross_entropy_with_logits(objectness, pos.to(objectness.dtype), reduction="none")  # (B, A)
@@ -183,8 +180,8 @@ class RPN(RegionProposalNetwork):
             target = self.box_coder.encode_single(gt[pos], anchors_b[pos])  # (P, 4)
             loc[pos] = (deltas[pos] - target).abs().sum(dim=1).to(loc.dtype)
         # 3.
-        return paa_partition_batch(cls + loc, matched, num_per_level, [len(t["boxes"]) for t in targets],
-                                   topk=c.rpn_paa_topk)
+        return paa_partition(cls + loc, matched, num_per_level, [len(t["boxes"]) for t in targets],
+                             topk=c.rpn_paa_topk)
 
     def sample(self, labels: Tensor) -> tuple[Tensor, Tensor]:
         """torchvision's balanced sampler over (B, A) labels (1 / 0 / -1) -> pos, neg masks (B, A)."""

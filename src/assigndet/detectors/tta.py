@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..boxes import box_iou, flip_boxes
 from ..nn import pad_batch, resize_size
-from ..postprocess import kth_value_top, nms_with_offset, select_candidates
+from ..postprocess import kth_value_top, nms_top_k, select_candidates
 from ..variants import TTAMerge
 from .common import rescale_boxes
 
@@ -163,8 +163,7 @@ def tta_forward(model, images: list[Tensor]) -> list[dict[str, Tensor]]:
             det = vote_merge(b, s, lab, thresh=t.vote_thresh, soft=t.merge is TTAMerge["soft-vote"], score_thresh=c.score_thresh,
                              max_detections=t.detections_per_img, offset=model.offset)
         else:
-            keep = nms_with_offset(b, s, lab, c.nms_thresh, offset=model.offset)
-            keep = keep[kth_value_top(s[keep], c.detections_per_img)]
+            keep = nms_top_k(b, s, lab, c.nms_thresh, c.detections_per_img, offset=model.offset)
             det = {"boxes": b[keep], "scores": s[keep], "labels": lab[keep]}
         det["boxes"] = rescale_boxes(det["boxes"], size0, tuple(image.shape[-2:]))
         results.append(det)
