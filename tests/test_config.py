@@ -92,3 +92,36 @@ def test_overrides_do_not_change_the_input_config():
     cfg = Config(model=PAAModelConfig())
     out = apply_overrides(cfg, ["model.topk=3"])
     assert out.model.topk == 3 and cfg.model.topk == 9
+
+
+@pytest.mark.parametrize("override,message", [
+    ("solver.base_lr=-0.01", "solver.base_lr=-0.01: must be > 0"),
+    ("data.num_workers=-1", "data.num_workers=-1: must be >= 0"),
+    ("solver.steps=[900,750]", "solver.steps=[900, 750]: must be increasing"),
+    ("model.nms_thresh=2", "model.nms_thresh=2.0: must be in [0, 1]"),
+    ("model.input.min_size_train=[300,200]", "model.input.min_size_train=[300, 200]"),
+    ("model.anchor_sizes=[1,2]", "needs 5 sizes"),
+    ("device=gpu", "device=gpu: must be auto, cpu, mps, cuda or cuda:N"),
+    ("model.backbone.depth=19", "model.backbone.depth=19: must be one of"),
+    ("solver.keep_last=0", "solver.keep_last=0: must be > 0"),
+    ("test.ims_per_batch=0", "test.ims_per_batch=0: must be > 0"),
+])
+def test_values_out_of_range_are_one_line_errors_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config("atss_R_18_shapes", [override])
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_iounet_refuses_roi_align_and_every_preset_passes_the_rules():
+    with pytest.raises(ConfigError, match="IoU-Net needs prroi"):
+        load_config("iounet_R_18_shapes", ["model.rcnn.roi_pool=roi_align"])
+    assert load_config("faster_rcnn_R_18_shapes", ["model.arch=iounet"]).model.rcnn.roi_pool.value == "prroi"
+    for name in PRESETS:
+        load_config(name)
+
+
+def test_saved_yaml_with_a_bad_value_names_the_file_and_key(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("solver:\n  base_lr: -1\n")
+    with pytest.raises(ConfigError, match=r"config.yaml: solver.base_lr=-1.0: must be > 0"):
+        config_from_yaml(str(path))

@@ -31,7 +31,7 @@ from .config import (BackboneConfig, Config, DataConfig, InputConfig, SolverConf
                      model_config, with_arch)
 from .errors import ConfigError
 from .variants import (Arch, BackboneStyle, Convention, IoULoss, IoURank, LossNormalizer, LowQuality, Norm,
-                       PAAVariant, Postprocess, ResizeRule, RoIPool, Warmup)
+                       PAAVariant, Postprocess, ResizeRule, Warmup)
 
 #: mmdetection's / torchvision's ImageNet normalisation of RGB input (0..255 scale)
 RGB_PIXEL_MEAN = [123.675, 116.28, 103.53]
@@ -293,8 +293,7 @@ def _iounet(cfg: Config, *, loss: IoULoss = IoULoss.smoothl1, step_size: float =
             rank_by: IoURank = IoURank.iou) -> Config:
     """thisisi3/OpenMMLab-IoUNet on its host (SPEC §5): PrRoIPool, IoU head (x 5), IoU-guided NMS,
     refinement T 5, score cls x IoU; the published variants differ in the loss, lambda and ranking."""
-    cfg.model = with_arch(cfg.model, Arch.iounet)
-    cfg.model.rcnn.roi_pool = RoIPool.prroi
+    cfg.model = with_arch(cfg.model, Arch.iounet)  # with RoIPool.prroi
     i = cfg.model.rcnn.iounet
     i.loss, i.step_size, i.rank_by = loss, step_size, rank_by
     return cfg
