@@ -9,23 +9,16 @@ every ATSS row has a ``dynamic_atss_*`` twin (no published numbers). PAA_minimal
 (feiyuhuahuo/PAA_minimal), mmdetection's ports (``*_mmdet``), the two-stage detectors and the
 small presets of the embedded shapes dataset have their own rows.
 
-What the maskrcnn-benchmark configs share (their YAML files): caffe2-style ResNet (stride in the
-1x1 conv) for R-50 / R-101 with MSRA weights, stride in the 3x3 conv for the FAIR ResNeXt weights,
-FrozenBN without epsilon, stem + layer1 frozen; modulated DCN v2 in c3-c5 (ResNet) or c4-c5
-(ResNeXt) and in the last conv of each head tower for ``dcnv2``; anchors 8·stride, one per
-location; SGD 0.01 for 16 images, constant warm-up; 1x = 90k iterations (steps 60k/80k), 1.5x =
-135k (90k/120k), 2x = 180k (120k/160k) with the short side drawn from 640..800. PAA's X-152 config
-differs: 8 images at LR 0.005 for 360k iterations (240k/320k), short side 640..864 (test 864),
-long side 1440.
+What the maskrcnn-benchmark configs share is in :func:`build_row` (caffe2-style R-50/R-101,
+pytorch-style ResNeXt, DCN v2 stages, 1x/1.5x/2x schedules, PAA's X-152 exception).
 
-Published AP is COCO minival (val2017) where the README gives it, else test-dev (each row's note
-says which; ``assigndet presets`` prints both). Each hyper-parameter set is written once: the
-PAA head settings in :func:`_paa_head`, the COCO paths in :func:`coco_data`, and so on.
+Published AP: COCO minival where the README gives it, else test-dev (each row's note says which).
+Each hyper-parameter set is written once (PAA's head in :func:`_paa_head`, COCO paths in :func:`coco_data`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from .config import (BackboneConfig, Config, DataConfig, InputConfig, SolverConfig, TestConfig, apply_overrides,
                      model_config, with_arch)
@@ -69,15 +62,10 @@ def _paa_head(cfg: Config, variant: PAAVariant = PAAVariant.original) -> Config:
 
 
 # --------------------------------------------------------------------- maskrcnn-benchmark tables
-@dataclass(frozen=True)
-class Backbone:
+class Backbone(NamedTuple):
     depth: int
     groups: int = 1
     width_per_group: int = 64
-
-    @property
-    def resnext(self) -> bool:
-        return self.groups > 1
 
 
 BACKBONES = {
@@ -156,10 +144,11 @@ ROWS = ATSS_ROWS + PAA_ROWS + DYNAMIC_ATSS_ROWS
 def build_row(row: Row) -> Config:
     """The Config of one published row."""
     bb = BACKBONES[row.backbone]
+    resnext = bb.groups > 1  # FAIR ResNeXt weights: stride in the 3x3 conv (STRIDE_IN_1X1 False), DCN in c4-c5
     max_iter, steps, multiscale = SCHEDULES[row.schedule]
-    dcn_stages = ([False, False, True, True] if bb.resnext else [False, True, True, True]) if row.dcn else [False] * 4
+    dcn_stages = ([False, False, True, True] if resnext else [False, True, True, True]) if row.dcn else [False] * 4
     backbone = BackboneConfig(depth=bb.depth, groups=bb.groups, width_per_group=bb.width_per_group,
-                              style=BackboneStyle.pytorch if bb.resnext else BackboneStyle.caffe2,  # STRIDE_IN_1X1
+                              style=BackboneStyle.pytorch if resnext else BackboneStyle.caffe2,
                               stage_with_dcn=dcn_stages)
     inp = InputConfig(min_size_train=[640, 800] if multiscale else [800])
     solver = SolverConfig(max_iter=max_iter, steps=list(steps))
@@ -177,8 +166,7 @@ def paa_minimal(backbone: str, schedule: str, ims_per_batch: int) -> Config:
     """feiyuhuahuo/PAA_minimal (SPEC §3.7): PAA with the batch-size scaling of its configs
     (LR 0.01·bs/16, iterations and steps ×16/bs), the GMM cut taken inside the foreground subset
     (``paa_variant=minimal``), per-process loss normalisers, ``int(scale·side)`` resizing and
-    score voting off by default. (Its 10000 placeholder for the location score of non-candidates
-    has no effect: those anchors are never candidates.)"""
+    score voting off by default."""
     cfg = build_row(Row("paa", backbone, False, schedule, None, None))
     m, s = cfg.model, cfg.solver
     m.paa_variant, m.loss_normalizer, m.score_voting = PAAVariant.minimal, LossNormalizer.local, False
