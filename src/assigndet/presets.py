@@ -396,6 +396,4 @@ def zoo_names() -> list[str]:
     return [r.name for r in ROWS] + [n for n in _NAMED if n.startswith("paa_minimal") or n.endswith("_mmdet")]
 
 
-__all__ = ["Preset", "PRESETS", "PUBLISHED_AP", "PUBLISHED_NOTES", "get_preset", "load_config", "ROWS", "ATSS_ROWS",
-           "PAA_ROWS", "DYNAMIC_ATSS_ROWS", "BACKBONES", "SCHEDULES", "Row", "build_row", "paa_minimal", "mmdet",
-           "coco_data", "zoo_names"]
+__all__ = ["Preset", "PRESETS", "PUBLISHED_AP", "PUBLISHED_NOTES", "get_preset", "load_config", "ROWS", "build_row"]
