@@ -7,12 +7,15 @@ Shape letters: A anchors (all levels), G ground truths, K candidates per GT (sum
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
 from ..boxes import box_centers, box_iou
 
-__all__ = ["atss_assign", "atss_candidates", "atss_select", "candidate_threshold", "pair_inside"]
+__all__ = ["ATSSDetails", "atss_assign", "atss_candidates", "atss_select", "atss_select_details", "candidate_levels",
+           "candidate_threshold", "empty_details", "pair_inside"]
 
 #: Quality of the (anchor, GT) pairs that are not positive, in the final argmax.
 _NOT_POSITIVE = -1e8
@@ -33,11 +36,26 @@ def atss_candidates(
     return torch.cat(out, dim=0)
 
 
+def candidate_levels(num_anchors_per_level: list[int], k: int, device=None) -> Tensor:
+    """The pyramid level of each row of :func:`atss_candidates`' result -> (K,) int64."""
+    counts = [min(k, n) for n in num_anchors_per_level]
+    return torch.cat([torch.full((c,), lvl, dtype=torch.int64, device=device) for lvl, c in enumerate(counts)])
+
+
+def candidate_stats(*candidate_values: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    """Per GT the mean and the unbiased std of each (K, G) candidate metric -> two lists of (G,)."""
+    return [v.mean(dim=0) for v in candidate_values], [v.std(dim=0) for v in candidate_values]
+
+
 def candidate_threshold(*candidate_values: Tensor) -> Tensor:
     """Per GT, the sum of the means then of the unbiased stds of each (K, G) candidate metric
     -> (G,): mean + std for ATSS; mean(P) + mean(Q) + std(P) + std(Q) for Dynamic ATSS (in
     that order of additions)."""
-    terms = [v.mean(dim=0) for v in candidate_values] + [v.std(dim=0) for v in candidate_values]
+    return _threshold_of(*candidate_stats(*candidate_values))
+
+
+def _threshold_of(means: list[Tensor], stds: list[Tensor]) -> Tensor:
+    terms = means + stds
     out = terms[0]
     for t in terms[1:]:
         out = out + t
@@ -51,18 +69,70 @@ def atss_select(quality: Tensor, cand: Tensor, thresh: Tensor, anchor_centers: T
 
     quality (A, G); cand (K, G) anchor indices; thresh (G,); anchor_centers (A, 2); gt_boxes (G, 4).
     """
+    return _resolve(quality, cand, _candidate_positive(quality, cand, thresh, anchor_centers, gt_boxes))
+
+
+def _candidate_positive(quality: Tensor, cand: Tensor, thresh: Tensor, anchor_centers: Tensor,
+                        gt_boxes: Tensor) -> Tensor:
+    """(K, G) bool: the candidate's quality >= the GT's threshold and its centre inside the GT."""
     num_gts = gt_boxes.shape[0]
     is_pos = quality.gather(0, cand) >= thresh[None, :]  # (K, G)
     gt_idx = torch.arange(num_gts, device=quality.device).expand_as(cand)  # (K, G)
     # centre inside its GT: per (candidate, GT) pair
     inside = pair_inside(anchor_centers[cand.reshape(-1)], gt_boxes[gt_idx.reshape(-1)])  # (K*G,)
-    is_pos &= inside.view_as(is_pos)
+    return is_pos & inside.view_as(is_pos)
+
+
+def _resolve(quality: Tensor, cand: Tensor, is_pos: Tensor) -> Tensor:
+    """Positive (candidate, GT) pairs -> (A,) GT index or -1; several GTs: the highest quality wins."""
+    num_gts = quality.shape[1]
+    gt_idx = torch.arange(num_gts, device=quality.device).expand_as(cand)  # (K, G)
     # resolve multiple GTs by the highest quality; non-positive pairs count as -1e8
     masked = torch.full_like(quality, _NOT_POSITIVE)  # (A, G)
     sel = (cand * num_gts + gt_idx)[is_pos]  # indices into the flattened (A, G) matrix
     masked.view(-1)[sel] = quality.view(-1)[sel]  # (A, G) viewed as (A*G,)
     best, best_gt = masked.max(dim=1)  # (A,)
     return torch.where(best > _NOT_POSITIVE, best_gt, torch.full_like(best_gt, -1))
+
+
+class ATSSDetails(NamedTuple):
+    """Intermediates of :func:`atss_assign` / :func:`~assigndet.assign.dynamic_atss_assign` with
+    ``details=True``. Candidates are rows, level by level (``candidate_levels``), GTs columns.
+    ``metrics`` are the candidate values whose means and stds sum to the threshold: (IoU,) for
+    ATSS, (P = predicted IoU, Q = anchor IoU) for Dynamic ATSS; ``quality`` is what is compared
+    with the threshold (IoU, or P + Q)."""
+
+    matched: Tensor  # (A,) int64 GT index or -1 (what the assigner returns)
+    candidate_idxs: Tensor  # (K, G) int64 anchor indices
+    candidate_levels: Tensor  # (K,) int64 pyramid level of each row
+    quality: Tensor  # (K, G) the candidates' compared value
+    metrics: tuple[Tensor, ...]  # each (K, G)
+    means: Tensor  # (M, G) per metric
+    stds: Tensor  # (M, G) per metric, unbiased
+    threshold: Tensor  # (G,) sum of the means and stds
+    is_positive: Tensor  # (K, G) bool, quality >= threshold and centre inside (before the several-GT rule)
+
+
+def empty_details(matched: Tensor, num_gts: int, num_metrics: int, dtype: torch.dtype) -> ATSSDetails:
+    """The details of an image without GTs or anchors: no candidates (K = 0), thresholds NaN."""
+    dev = matched.device
+    idx = torch.zeros(0, num_gts, dtype=torch.int64, device=dev)  # (0, G)
+    val = torch.zeros(0, num_gts, dtype=dtype, device=dev)  # (0, G)
+    stat = torch.full((num_metrics, num_gts), torch.nan, dtype=dtype, device=dev)  # (M, G)
+    return ATSSDetails(matched, idx, idx.new_zeros(0), val, (val,) * num_metrics, stat, stat.clone(),
+                       stat[0].clone(), idx.bool())
+
+
+def atss_select_details(quality: Tensor, cand: Tensor, metrics: tuple[Tensor, ...], anchor_centers: Tensor,
+                        gt_boxes: Tensor, levels: Tensor) -> ATSSDetails:
+    """:func:`candidate_threshold` then :func:`atss_select` on the (K, G) candidate ``metrics``,
+    keeping every intermediate; the same operations in the same order (identical results)."""
+    means, stds = candidate_stats(*metrics)
+    thresh = _threshold_of(means, stds)  # (G,)
+    is_pos = _candidate_positive(quality, cand, thresh, anchor_centers, gt_boxes)  # (K, G)
+    matched = _resolve(quality, cand, is_pos)  # (A,)
+    return ATSSDetails(matched, cand, levels, quality.gather(0, cand), tuple(metrics), torch.stack(means),
+                       torch.stack(stds), thresh, is_pos)
 
 
 @torch.no_grad()
@@ -74,8 +144,10 @@ def atss_assign(
     topk: int = 9,
     offset: float = 1.0,
     num_anchors_per_location: int = 1,
-) -> Tensor:
-    """Index of the assigned GT per anchor, or -1 -> (A,) int64.
+    details: bool = False,
+) -> Tensor | ATSSDetails:
+    """Index of the assigned GT per anchor, or -1 -> (A,) int64 (:class:`ATSSDetails` with
+    ``details=True``: candidates, their IoUs, mean, std, threshold, positives).
 
     anchors (A, 4) xyxy, levels concatenated; gt_boxes (G, 4). ``offset=1`` reproduces
     sfzhang15/ATSS (IoU with +1), ``offset=0`` mmdetection's ATSSAssigner (whose top-k is not
@@ -90,11 +162,15 @@ def atss_assign(
     """
     num_anchors, num_gts = anchors.shape[0], gt_boxes.shape[0]
     if num_gts == 0 or num_anchors == 0:
-        return torch.full((num_anchors,), -1, dtype=torch.int64, device=anchors.device)
+        matched = torch.full((num_anchors,), -1, dtype=torch.int64, device=anchors.device)
+        return empty_details(matched, num_gts, 1, anchors.dtype) if details else matched
     ious = box_iou(anchors, gt_boxes, offset=offset)  # 1. (A, G)
     anchor_ctr = box_centers(anchors)  # (A, 2)
     k = topk * num_anchors_per_location
     cand = atss_candidates(anchor_ctr, box_centers(gt_boxes), num_anchors_per_level, k)  # 2-3. (K, G)
+    if details:
+        levels = candidate_levels(num_anchors_per_level, k, anchors.device)  # (K,)
+        return atss_select_details(ious, cand, (ious.gather(0, cand),), anchor_ctr, gt_boxes, levels)
     thresh = candidate_threshold(ious.gather(0, cand))  # 4. (G,)
     return atss_select(ious, cand, thresh, anchor_ctr, gt_boxes)  # 4-6.
 

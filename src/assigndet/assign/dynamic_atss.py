@@ -1,13 +1,25 @@
 """Dynamic ATSS (arXiv 2201.09396, ZTX-100/DLA-Combined-IoUs): ATSS on predicted + anchor IoUs, SPEC §4.1."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
 from ..boxes import box_centers, box_iou
-from .atss import atss_candidates, atss_select, candidate_threshold
+from .atss import (ATSSDetails, atss_candidates, atss_select, atss_select_details, candidate_levels, candidate_threshold,
+                   empty_details)
 
-__all__ = ["dynamic_atss_assign"]
+__all__ = ["DynamicATSSDetails", "dynamic_atss_assign"]
+
+
+class DynamicATSSDetails(NamedTuple):
+    """Intermediates of :func:`dynamic_atss_assign` (``details=True``): the IoU target per anchor
+    and the ATSS selection on S = P + Q (``atss.metrics`` = (P, Q), ``atss.quality`` = S)."""
+
+    matched: Tensor  # (A,) int64 GT index or -1 (what dynamic_atss_assign returns first)
+    iou_target: Tensor  # (A,) what it returns second
+    atss: ATSSDetails
 
 
 @torch.no_grad()
@@ -20,8 +32,11 @@ def dynamic_atss_assign(
     topk: int = 9,
     offset: float = 1.0,
     num_anchors_per_location: int = 1,
-) -> tuple[Tensor, Tensor]:
-    """GT index per anchor (or -1) and the IoU target per anchor -> ((A,) int64, (A,) float).
+    details: bool = False,
+) -> tuple[Tensor, Tensor] | DynamicATSSDetails:
+    """GT index per anchor (or -1) and the IoU target per anchor -> ((A,) int64, (A,) float);
+    with ``details=True`` a :class:`DynamicATSSDetails` instead (both, and the candidates, P, Q,
+    their means and stds, the threshold, the positives).
 
     anchors (A, 4); gt_boxes (G, 4); pred_boxes (A, 4) the decoded (detached) predictions.
     The IoU target is IoU(prediction, assigned GT) with the offset convention; background
@@ -35,14 +50,25 @@ def dynamic_atss_assign(
     """
     num_anchors, num_gts = anchors.shape[0], gt_boxes.shape[0]
     if num_gts == 0 or num_anchors == 0:
-        return (torch.full((num_anchors,), -1, dtype=torch.int64, device=anchors.device),
-                torch.zeros(num_anchors, dtype=pred_boxes.dtype, device=anchors.device))
+        matched = torch.full((num_anchors,), -1, dtype=torch.int64, device=anchors.device)
+        target = torch.zeros(num_anchors, dtype=pred_boxes.dtype, device=anchors.device)
+        if details:
+            return DynamicATSSDetails(matched, target, empty_details(matched, num_gts, 2, anchors.dtype))
+        return matched, target
     p = box_iou(pred_boxes, gt_boxes, offset=offset)  # 1. (A, G)
     q = box_iou(anchors, gt_boxes, offset=offset)  # (A, G)
     anchor_ctr = box_centers(anchors)  # (A, 2)
     k = topk * num_anchors_per_location
     cand = atss_candidates(anchor_ctr, box_centers(gt_boxes), num_anchors_per_level, k)  # 2. (K, G)
+    if details:
+        levels = candidate_levels(num_anchors_per_level, k, anchors.device)  # (K,)
+        d = atss_select_details(p + q, cand, (p.gather(0, cand), q.gather(0, cand)), anchor_ctr, gt_boxes, levels)
+        return DynamicATSSDetails(d.matched, _iou_target(p, d.matched), d)
     thresh = candidate_threshold(p.gather(0, cand), q.gather(0, cand))  # 3. (G,)
     matched = atss_select(p + q, cand, thresh, anchor_ctr, gt_boxes)  # 4-5. (A,)
-    iou_target = p.gather(1, matched.clamp(min=0)[:, None]).squeeze(1)  # (A,)
-    return matched, iou_target
+    return matched, _iou_target(p, matched)
+
+
+def _iou_target(p: Tensor, matched: Tensor) -> Tensor:
+    """IoU(prediction, assigned GT) per anchor, with GT 0 for the background -> (A,)."""
+    return p.gather(1, matched.clamp(min=0)[:, None]).squeeze(1)  # (A,)
