@@ -160,9 +160,11 @@ def test_crash_mid_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
         return real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", dying_fsync)
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(CheckpointError, match="simulated crash during write; last_checkpoint still names "
+                                              "model_0000001.safetensors"):
         save_checkpoint(tmp_path, "model_0000002", model=m, state={"iteration": 2})
     monkeypatch.setattr(os, "fsync", real_fsync)
+    assert not (tmp_path / "model_0000002.state.pt").exists(), "half a checkpoint is removed"
 
     assert last_checkpoint(tmp_path) == first
     assert not list(tmp_path.glob(".*.tmp")), "temporary files are cleaned up"

@@ -19,6 +19,7 @@ whose key names :mod:`assigndet.released` converts (``layout="auto"`` recognises
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -28,10 +29,11 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import torch
+from omegaconf import OmegaConf
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
-from .errors import CheckpointError
+from .errors import CheckpointError, UserError
 from .released import CLASSIFIER_KEYS, RELEASED_ARCHS, check_layout, convert_state_dict, read_checkpoint
 from .utils import atomic_write_bytes, atomic_write_text
 
@@ -186,6 +188,31 @@ def _check_classifier(state: dict[str, torch.Tensor], model: torch.nn.Module, so
     return state
 
 
+def _trained_for(meta: Mapping[str, str]) -> Optional[tuple[str, int]]:
+    """(arch, num_classes) of the config stored in a weights file's metadata (None: not stored)."""
+    try:
+        model_cfg = OmegaConf.create(meta["config"]).model
+        return str(model_cfg.arch), int(model_cfg.num_classes)
+    except Exception:  # noqa: BLE001  (no config, not YAML, no such keys: nothing to compare)
+        return None
+
+
+def _check_trained_for(meta: Mapping[str, str], model: torch.nn.Module, path: Path) -> None:
+    """Refuse weights whose stored config is another architecture, or another class count
+    (unless the model re-initialises its classifier for fine-tuning)."""
+    cfg = getattr(model, "cfg", None)
+    stored = _trained_for(meta)
+    if stored is None or cfg is None or not hasattr(cfg, "arch"):
+        return
+    arch, classes = stored
+    want_arch, want_classes = str(cfg.arch), int(cfg.num_classes)
+    other_classes = classes != want_classes and not getattr(cfg, "reinit_classifier", False)
+    if arch != want_arch or other_classes:
+        raise CheckpointError(f"{path} holds a {arch} detector for {classes} classes but the preset/config builds a "
+                              f"{want_arch} detector for {want_classes} classes: use the preset it was trained with "
+                              "(its config.yaml), or model.reinit_classifier=true to fine-tune another class count")
+
+
 def _released_layout(model: torch.nn.Module, layout: str, is_pth: bool) -> str:
     """The layout to convert from: ``layout`` unless "auto"; auto recognises released layouts in
     the ``.pth`` files of the architectures they exist for, and is this library's own otherwise."""
@@ -227,6 +254,8 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike, *, layout: str
                                            source=str(path))
         if layout != "assigndet":
             log.info("%s: %s layout, %d tensors mapped", path, layout, len(state))
+    if strict:
+        _check_trained_for(meta, model, path)
     state = _check_classifier(state, model, str(path))
     return load_state(model, state, source=str(path), strict=strict, metadata=meta, layout=layout)
 
@@ -269,10 +298,25 @@ def save_checkpoint(output_dir: str | os.PathLike, name: str, *, model: torch.nn
     ``last_checkpoint`` at it. Returns the weights path."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if state is not None:
-        save_training_state(out / f"{name}{STATE_SUFFIX}", state)
-    weights = save_weights(model, out / f"{name}{WEIGHTS_SUFFIX}", metadata=metadata)
-    atomic_write_text(out / LAST_CHECKPOINT, weights.name + "\n")
+    weights, state_file = out / f"{name}{WEIGHTS_SUFFIX}", out / f"{name}{STATE_SUFFIX}"
+    written: list[Path] = []
+    try:
+        if state is not None:
+            save_training_state(state_file, state)
+            written.append(state_file)
+        save_weights(model, weights, metadata=metadata)
+        written.append(weights)
+        atomic_write_text(out / LAST_CHECKPOINT, weights.name + "\n")
+    except BaseException as e:
+        for p in written:  # half a checkpoint is no checkpoint: last_checkpoint still names the previous one
+            with contextlib.suppress(OSError):
+                p.unlink()
+        if isinstance(e, UserError):
+            pointer = out / LAST_CHECKPOINT
+            prev = pointer.read_text().strip() if pointer.is_file() else ""
+            kept = f"last_checkpoint still names {prev}, which is intact" if prev else "no earlier checkpoint"
+            raise CheckpointError(f"checkpoint {name} not saved: {e}; {kept}") from e
+        raise
     return weights
 
 

@@ -3,31 +3,23 @@
 The engine knows only the detector contract (torchvision's): in train mode
 ``model(images, targets)`` returns a dict of named scalar losses (total = their sum), in eval
 mode ``model(images)`` returns ``list[dict(boxes, scores, labels)]`` in original-image pixels with
-0-based labels. It works in one process or under ``torchrun`` (one process per device).
-
-Files written into the output directory (rank 0):
-
-* ``config.yaml``            the resolved configuration
-* ``metrics.jsonl``          one JSON object per logged iteration: ``iteration`` (0-based), each
-                             loss, ``total``, ``lr`` (non-bias group), ``time`` (s/iter),
-                             ``data_time``; losses are means over all processes
-* ``tensorboard/``           the same scalars (+ evaluation AP) for TensorBoard
-* ``model_XXXXXXX.*``, ``model_final.*``, ``last_checkpoint``  see :mod:`assigndet.checkpoints`
-* ``detections.json``, ``eval.json``, ``eval_history.jsonl``  see :func:`assigndet.evaluation.evaluate`
+0-based labels. Files written into the output directory (rank 0): ``config.yaml`` and
+``run.json`` (:mod:`assigndet.runs`); ``metrics.jsonl`` (one JSON object per logged iteration:
+``iteration`` (0-based), each loss, ``total``, ``lr`` (non-bias group), ``time``, ``data_time``;
+losses are means over all processes) and ``tensorboard/``; ``model_XXXXXXX.*``,
+``model_final.*``, ``last_checkpoint`` (:mod:`assigndet.checkpoints`); ``detections.json``,
+``eval.json``, ``eval_history.jsonl`` (:func:`assigndet.evaluation.evaluate`).
 
 Signals: SIGINT/SIGTERM set a flag; the loop finishes the current iteration, saves a checkpoint,
 and :func:`train` returns a result with ``interrupted=True`` and ``exit_code = 128 + signal``
-(130 for SIGINT, 143 for SIGTERM -- the shell convention for "stopped by that signal", distinct
-from 0 = finished, 1 = crash and 2 = user error). ``train(..., resume=True)`` then continues
-exactly where it stopped. A second SIGINT raises ``KeyboardInterrupt`` immediately.
-
-:func:`train` is a sequence of small pieces: :func:`_setup` (device, process group, data, model,
-optimiser), :func:`_resume`, then per iteration :func:`_train_step`, the periodic checkpoint and
-evaluation (:func:`_after_step`), and :func:`_finish` (final checkpoint and evaluation).
+(130 SIGINT, 143 SIGTERM; 0 = finished, 1 = crash, 2 = user error); ``train(..., resume=True)``
+then continues exactly where it stopped. A second SIGINT raises ``KeyboardInterrupt`` at once.
+Any other exception after the first iteration first saves an emergency checkpoint.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -41,18 +33,21 @@ import torch
 from torch import nn
 
 from . import checkpoints as ck
+from . import runs
 from .config import Config, ModelConfig, config_to_yaml
 from .data import CocoDetection, build_dataset, build_train_loader, dataset_paths
 from .detectors import build_model
 from .errors import ConfigError
 from .evaluation import DETECTIONS_FILE, EVAL_FILE, EVAL_HISTORY_FILE, evaluate, inference
 from .monitor import METRICS_FILE, MetricsLog, Progress, StopFlag
-from .solver import (WarmupMultiStepLR, autocast, build_optimizer, check_amp, grad_scaler, lr_factor,
-                     optimizer_step, scaled_lr, validate_solver)
+from .nn.syncbn import convert_sync_batchnorm
+from .solver import (WarmupMultiStepLR, apply_step, autocast, backward, build_optimizer, check_amp, grad_scaler,
+                     lr_factor, reduce_losses, scaled_lr, validate_solver)
 from .utils import (all_gather_object, barrier, get_rank, get_rng_state, get_world_size, init_distributed, is_dist,
-                    resolve_device, seed_everything, set_deterministic, set_rng_state, to_device)
+                    resolve_device, seed_everything, set_deterministic, status, to_device)
 
-CONFIG_FILE = "config.yaml"
+CONFIG_FILE = runs.CONFIG_FILE
+logger = logging.getLogger("assigndet")
 
 #: the model builder :func:`train` uses unless given another ``build_model_fn``
 default_build_model = build_model
@@ -116,6 +111,9 @@ class _Run:
     meta: dict[str, str]  # stored in every checkpoint's metadata
     ddp_model: Optional[nn.Module] = None  # the model the forward pass goes through
     val_dataset: Optional[CocoDetection] = None
+    changes: Optional[dict[str, Any]] = None  # resuming: the accepted config changes (None: from scratch)
+    rng_done: Optional[dict[str, Any]] = None  # this rank's RNG after the last completed iteration
+    busy: str = ""  # "update" / "save" while the weights change / a checkpoint is written
 
     @property
     def main(self) -> bool:
@@ -123,8 +121,11 @@ class _Run:
 
     def say(self, msg: str) -> None:
         """A status line on stderr, from rank 0."""
-        if self.main:
-            print(f"assigndet: {msg}", file=sys.stderr, flush=True)
+        status(msg)
+
+    @property
+    def trainables(self) -> runs.Trainables:
+        return runs.Trainables(self.model, self.optimizer, self.scheduler, self.scaler)
 
     def validation_set(self) -> CocoDetection:
         if self.val_dataset is None:
@@ -132,25 +133,36 @@ class _Run:
         return self.val_dataset
 
 
-def _setup(cfg: Config, out: Path, resume: bool, build_model_fn: Callable[[ModelConfig], nn.Module]
-           ) -> tuple[_Run, Optional[Path]]:
-    """Device, process group, runtime checks, ``config.yaml``, the training set, the model (same
-    initial weights on every rank), optimiser, schedule and grad scaler; and the checkpoint to
-    resume from (None: start from scratch)."""
+def _open_run_dir(cfg: Config, out: Path, resume: bool, overwrite: bool, preset: Optional[str], rank: int) -> bool:
+    """After :func:`assigndet.runs.check` and the dataset checks (a typo in ``data.root`` must
+    not leave a run behind): rank 0 prepares the directory (:func:`assigndet.runs.prepare`).
+    Returns whether there is a checkpoint to resume from."""
+    barrier()  # every process has checked before rank 0 writes
+    if rank == 0:
+        runs.prepare(out, cfg, resume=resume, overwrite=overwrite, preset=preset, say=status)
+    barrier()
+    if resume and not runs.checkpoint_candidates(out):
+        status(f"no checkpoint in {out}; starting from scratch")
+        return False
+    return resume
+
+
+def _setup(cfg: Config, out: Path, resume: bool, overwrite: bool, preset: Optional[str],
+           build_model_fn: Callable[[ModelConfig], nn.Module]) -> _Run:
+    """Device, process group, runtime checks, the run directory (:func:`_open_run_dir`), the
+    training set, the model (same initial weights on every rank), optimiser, schedule and grad
+    scaler."""
     device = resolve_device(cfg.device)
     init_distributed(device)
     rank, world = get_rank(), get_world_size()
     per_rank = validate_solver(cfg.solver, world)
     check_amp(cfg.solver.amp, device)
     set_deterministic(cfg.deterministic)
-    ckpt_path = ck.last_checkpoint(out) if resume else None
-    if rank == 0:
-        if resume and ckpt_path is None:
-            print(f"assigndet: no checkpoint in {out}; starting from scratch", file=sys.stderr)
-        out.mkdir(parents=True, exist_ok=True)
-        ck.atomic_write_text(out / CONFIG_FILE, config_to_yaml(cfg))
+    changes = runs.check(out, cfg, resume=resume, overwrite=overwrite)  # read-only, every process
     dataset = build_dataset(cfg, train=True)
     _check_classes(cfg, dataset)
+    if not _open_run_dir(cfg, out, resume, overwrite, preset, rank):
+        changes = None  # nothing to resume from
     seed_everything(cfg.seed)  # identical initial weights on every rank
     model = build_model_fn(cfg.model).to(device)
     seed_everything(cfg.seed + rank)
@@ -159,47 +171,23 @@ def _setup(cfg: Config, out: Path, resume: bool, build_model_fn: Callable[[Model
             "category_ids": json.dumps([int(c) for c in dataset.category_ids]), "config": config_to_yaml(cfg)}
     run = _Run(cfg=cfg, out=out, device=device, rank=rank, world=world, per_rank=per_rank, dataset=dataset,
                model=model, optimizer=optimizer, scheduler=WarmupMultiStepLR(optimizer, cfg.solver),
-               scaler=grad_scaler(cfg.solver.amp), meta=meta)
-    return run, ckpt_path
-
-
-def _resume(run: _Run, ckpt_path: Path) -> int:
-    """Restore model, optimiser, schedule, grad scaler and this rank's RNG states from
-    ``ckpt_path``; returns the iteration to continue from."""
-    ck.load_weights(run.model, ckpt_path)
-    state = ck.load_training_state(ck.state_path_for(ckpt_path))
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
-    if run.scaler is not None and "scaler" in state:
-        run.scaler.load_state_dict(state["scaler"])
-    start_iter = int(state["iteration"])
-    rngs = state.get("rng", [])
-    if len(rngs) == run.world:
-        set_rng_state(rngs[run.rank])
-    else:
-        run.say(f"checkpoint was written by {len(rngs)} processes, now {run.world}: RNG states not restored")
-    run.say(f"resuming from {ckpt_path.name} at iteration {start_iter}")
-    return start_iter
+               scaler=grad_scaler(cfg.solver.amp), meta=meta, changes=changes)
+    return run
 
 
 def _wrap_ddp(run: _Run) -> None:
+    """DDP over the model when there are several processes; with ``solver.sync_bn`` its
+    BatchNorm layers (not FrozenBN) first compute their statistics over all processes' batches
+    (torch's SyncBatchNorm on CUDA, :class:`~assigndet.nn.syncbn.AllReduceBatchNorm2d` on CPU,
+    same parameters, so the optimiser is unaffected)."""
     run.ddp_model = run.model
     if run.world > 1:
+        if run.cfg.solver.sync_bn:
+            run.model, n = convert_sync_batchnorm(run.model, run.device)
+            if n:
+                run.say(f"{n} BatchNorm layers synchronised across {run.world} processes (solver.sync_bn)")
         run.ddp_model = nn.parallel.DistributedDataParallel(
             run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
-
-
-def _reduce_losses(loss_dict: dict[str, torch.Tensor], total: torch.Tensor, stop: bool
-                   ) -> tuple[dict[str, float], float, bool]:
-    """Means over processes of the losses and the total; OR of the stop flags (one all-reduce)."""
-    keys = sorted(loss_dict)
-    vec = torch.stack([loss_dict[k].detach().float().reshape(()) for k in keys]
-                      + [total.detach().float().reshape(()), torch.tensor(float(stop), device=total.device)])
-    if is_dist():
-        torch.distributed.all_reduce(vec)
-        vec[:-1] /= get_world_size()
-    vals = vec.cpu().tolist()
-    return dict(zip(keys, vals[:-2])), vals[-2], vals[-1] > 0
 
 
 @dataclass
@@ -218,32 +206,61 @@ def _train_step(run: _Run, images, targets, it: int, stop: StopFlag) -> _Step:
     with autocast(run.cfg.solver.amp, run.device):
         loss_dict = run.ddp_model(images, targets)
     total = sum(loss_dict.values())
-    losses, total_val, stop_now = _reduce_losses(loss_dict, total, stop.signum is not None)
+    losses, total_val, stop_now = reduce_losses(loss_dict, total, stop.signum is not None)
     if not (math.isfinite(total_val) and all(math.isfinite(v) for v in losses.values())):
         shown = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
         raise FloatingPointError(f"non-finite loss at iteration {it}: {shown}; no checkpoint was "
                                  "written for this iteration (the last one saved is still valid)")
-    optimizer_step(total, run.model, run.optimizer, run.scaler, run.cfg.solver.clip_grad_norm)
+    backward(total, run.model, run.optimizer, run.scaler, run.cfg.solver.clip_grad_norm)
+    run.busy = "update"  # an exception from here to the end leaves no consistent state to save
+    apply_step(run.optimizer, run.scaler)
     lr = run.optimizer.param_groups[0]["lr"]
     run.scheduler.step()
+    run.busy, run.rng_done = "", get_rng_state()
     return _Step(losses, total_val, lr, stop_now)
 
 
 def _save_checkpoint(run: _Run, iteration: int, name: str) -> Optional[Path]:
     """Weights + training state (optimiser, schedule, scaler, every rank's RNG) at ``iteration``;
-    every rank waits until rank 0 has written it."""
+    every rank waits until rank 0 has written it. Then the periodic checkpoints beyond
+    ``solver.keep_last`` are deleted."""
+    run.busy = "save"
     rngs = all_gather_object(get_rng_state())  # every rank's RNG, restored per rank on resume
-    state: dict[str, Any] = {"iteration": int(iteration), "optimizer": run.optimizer.state_dict(),
-                             "scheduler": run.scheduler.state_dict(), "rng": rngs, "world_size": int(run.world),
-                             "config": config_to_yaml(run.cfg)}
-    if run.scaler is not None:
-        state["scaler"] = run.scaler.state_dict()
-    path = None
-    if run.main:
-        path = ck.save_checkpoint(run.out, name, model=run.model, state=state,
-                                  metadata={**run.meta, "iteration": str(iteration)})
+    path = _write_checkpoint(run, iteration, name, rngs)
     barrier()  # nobody leaves (or gets killed by torchrun) before the checkpoint is complete
+    run.busy = ""
+    if run.main:
+        for old in runs.prune_checkpoints(run.out, run.cfg.solver.keep_last):
+            logger.info("deleted %s (solver.keep_last=%d)", old, run.cfg.solver.keep_last)
     return path
+
+
+def _write_checkpoint(run: _Run, iteration: int, name: str, rngs: list[Any]) -> Optional[Path]:
+    """Rank 0 writes checkpoint ``name`` with the RNG states ``rngs`` (one per process)."""
+    if not run.main:
+        return None
+    return run.trainables.save(run.out, name, iteration, rngs=rngs, world=run.world, config=config_to_yaml(run.cfg),
+                               metadata={**run.meta, "iteration": str(iteration)})
+
+
+def _emergency_save(run: _Run, done: int, error: BaseException) -> None:
+    """After ``error`` at iteration ``done`` (> the start): rank 0 saves ``model_emergency_N``
+    (no collective: the other processes may be gone) and points ``last_checkpoint`` at it, so
+    that ``--resume`` continues from there; a failure to save is said, never hides ``error``."""
+    if not run.main:
+        return
+    if run.busy or isinstance(error, FloatingPointError):  # no consistent state / a NaN would come back
+        run.say(f"no emergency checkpoint ({run.busy or 'non-finite loss'}); last_checkpoint is unchanged")
+        return
+    name = runs.emergency_name(done)
+    try:
+        rngs = [run.rng_done] if run.world == 1 and run.rng_done is not None else []
+        _write_checkpoint(run, done, name, rngs)
+    except Exception as e:  # noqa: BLE001  (the original error matters more)
+        run.say(f"could not save an emergency checkpoint: {e}")
+        return
+    run.say(f"training failed at iteration {done}: saved {name} in {run.out}; fix the cause and continue with "
+            "--resume")
 
 
 def _after_step(run: _Run, result: TrainResult, done: int, log: MetricsLog) -> None:
@@ -275,7 +292,7 @@ def _loop(run: _Run, result: TrainResult, start_iter: int, log: MetricsLog, prog
     loader = build_train_loader(run.dataset, batch_size_per_rank=run.per_rank, num_workers=run.cfg.data.num_workers,
                                 world_size=run.world, rank=run.rank, seed=run.cfg.seed,
                                 hflip_prob=run.cfg.data.hflip_prob, aspect_grouping=run.cfg.data.aspect_grouping,
-                                start_iter=start_iter)
+                                start_iter=start_iter, min_size_train=run.cfg.model.input.min_size_train)
     log_period = max(1, solver.log_period)
     run.model.train()
     data_iter = iter(loader)
@@ -305,41 +322,62 @@ def _finish(run: _Run, result: TrainResult, log: MetricsLog, evaluate_at_end: bo
         log.log_eval(result.metrics, max_iter)
 
 
-def train(cfg: Config, output_dir: str | os.PathLike, *, resume: bool = False,
-          build_model_fn: Optional[Callable[[ModelConfig], nn.Module]] = None,
+def _resume(run: _Run) -> tuple[int, Optional[Path]]:
+    """The iteration to start from and the checkpoint restored (0, None: from scratch)."""
+    if run.changes is None:
+        return 0, None
+    start_iter, path = runs.resume(run.out, run.trainables, run.rank, run.world, run.say)
+    if run.main:
+        runs.record_resume(run.out, start_iter, run.changes, run.say)
+    return start_iter, path
+
+
+def train(cfg: Config, output_dir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
+          preset: Optional[str] = None, build_model_fn: Optional[Callable[[ModelConfig], nn.Module]] = None,
           progress: bool = True, evaluate_at_end: bool = True) -> TrainResult:
     """Train ``cfg`` for ``cfg.solver.max_iter`` iterations, writing into ``output_dir``.
 
     One process, or one per device under ``torchrun`` (the process group is created from the
-    environment when ``WORLD_SIZE > 1``: gloo on CPU, nccl on CUDA). ``resume=True`` continues
-    from ``output_dir/last_checkpoint`` (model, optimizer, scheduler, grad scaler, iteration,
-    RNG states and data position) -- the run then equals an uninterrupted one. ``build_model_fn``
-    replaces :func:`assigndet.detectors.build_model` (tests, custom models;
-    :func:`pretrained_builder` starts from released weights).
+    environment when ``WORLD_SIZE > 1``: gloo on CPU, nccl on CUDA). ``build_model_fn`` replaces
+    :func:`assigndet.detectors.build_model` (tests, custom models; :func:`pretrained_builder`).
+
+    The run directory (:mod:`assigndet.runs`): a fresh run refuses an ``output_dir`` that holds
+    a run unless ``overwrite=True`` (which deletes that run's files, nothing else).
+    ``resume=True`` continues from ``last_checkpoint`` (model, optimiser, schedule, grad scaler,
+    iteration, RNG states, data position: the run then equals an uninterrupted one), or from the
+    previous checkpoint when that one is unreadable; a ``cfg`` that differs from the saved
+    ``config.yaml`` outside :data:`assigndet.runs.RESUMABLE_KEYS` is refused, accepted changes
+    are recorded in ``run.json`` (with ``preset``, the preset's name). An exception after the
+    first iteration saves ``model_emergency_N`` first (:func:`_emergency_save`).
 
     Returns a :class:`TrainResult` (see ``exit_code`` for signals). Raises
     :class:`FloatingPointError` naming the iteration when a loss becomes non-finite (nothing is
-    saved then), :class:`~assigndet.errors.ConfigError` / ``DatasetError`` for bad settings.
+    saved then: it would come back on resume), :class:`~assigndet.errors.UserError` for bad
+    settings, directories, data or a full disk.
     """
     out = Path(output_dir)
-    run, ckpt_path = _setup(cfg, out, resume, build_model_fn or default_build_model)
-    start_iter = _resume(run, ckpt_path) if ckpt_path is not None else 0
+    run = _setup(cfg, out, resume, overwrite, preset, build_model_fn or default_build_model)
+    start_iter, ckpt_path = _resume(run)
+    run.rng_done = get_rng_state()
     _wrap_ddp(run)
-    result = TrainResult(iteration=start_iter, output_dir=out)
-    max_iter = cfg.solver.max_iter
-    if start_iter >= max_iter:
-        run.say(f"training already complete ({start_iter}/{max_iter} iterations)")
+    result = TrainResult(iteration=start_iter, output_dir=out, checkpoint=ckpt_path)
+    if start_iter >= cfg.solver.max_iter:
+        run.say(f"training already complete ({start_iter}/{cfg.solver.max_iter} iterations)")
         if evaluate_at_end and not (out / EVAL_FILE).exists():
             result.metrics = evaluate(run.model, cfg, out, iteration=start_iter)
-        result.checkpoint = ckpt_path
         return result
     log = MetricsLog(out, start_iter, enabled=run.main)
-    bar = Progress(max_iter, start_iter, enabled=run.main and progress)
+    bar = Progress(cfg.solver.max_iter, start_iter, enabled=run.main and progress)
     try:
         _loop(run, result, start_iter, log, bar)
         if not result.interrupted:
             bar.close()
             _finish(run, result, log, evaluate_at_end)
+    except Exception as e:
+        bar.close()
+        if result.iteration > start_iter and not (result.checkpoint and result.checkpoint.stem == ck.FINAL_NAME):
+            _emergency_save(run, result.iteration, e)
+        raise
     finally:
         bar.close()
         log.close()

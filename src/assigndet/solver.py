@@ -16,6 +16,7 @@ from torch import nn
 
 from .config import SolverConfig
 from .errors import ConfigError
+from .utils import get_world_size, is_dist
 from .variants import AMP, Warmup
 
 
@@ -105,6 +106,19 @@ def validate_solver(solver: SolverConfig, world_size: int) -> int:
     return solver.ims_per_batch // world_size
 
 
+def reduce_losses(loss_dict: dict[str, torch.Tensor], total: torch.Tensor, stop: bool
+                  ) -> tuple[dict[str, float], float, bool]:
+    """Means over processes of the losses and the total; OR of the stop flags (one all-reduce)."""
+    keys = sorted(loss_dict)
+    vec = torch.stack([loss_dict[k].detach().float().reshape(()) for k in keys]
+                      + [total.detach().float().reshape(()), torch.tensor(float(stop), device=total.device)])
+    if is_dist():
+        torch.distributed.all_reduce(vec)
+        vec[:-1] /= get_world_size()
+    vals = vec.cpu().tolist()
+    return dict(zip(keys, vals[:-2])), vals[-2], vals[-1] > 0
+
+
 # ================================================================================= AMP helpers
 def check_amp(amp: AMP | str, device: torch.device) -> None:
     """fp16 autocast needs CUDA (float16 + GradScaler); bf16 and off run anywhere."""
@@ -128,24 +142,39 @@ def grad_scaler(amp: AMP | str) -> Optional[torch.amp.GradScaler]:
     return torch.amp.GradScaler("cuda") if AMP(amp) is AMP.fp16 else None
 
 
-def optimizer_step(total: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
-                   scaler: Optional[torch.amp.GradScaler], clip_grad_norm: float) -> None:
-    """Backward of ``total``, optional gradient-norm clipping (``clip_grad_norm > 0``, on the
-    unscaled gradients) and one optimiser step (through ``scaler`` when there is one)."""
+def backward(total: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
+             scaler: Optional[torch.amp.GradScaler], clip_grad_norm: float) -> None:
+    """Backward of ``total`` (scaled when there is a ``scaler``) and optional gradient-norm
+    clipping (``clip_grad_norm > 0``, on the unscaled gradients). The weights and the optimiser
+    state are not touched yet: an exception here leaves them as they were."""
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(total).backward()
         if clip_grad_norm > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
         return
     total.backward()
     if clip_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-    optimizer.step()
+
+
+def apply_step(optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler]) -> None:
+    """The optimiser step after :func:`backward` (through ``scaler`` when there is one): the
+    only place the weights change."""
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
+def optimizer_step(total: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
+                   scaler: Optional[torch.amp.GradScaler], clip_grad_norm: float) -> None:
+    """:func:`backward` then :func:`apply_step`."""
+    backward(total, model, optimizer, scaler, clip_grad_norm)
+    apply_step(optimizer, scaler)
 
 
 __all__ = ["scaled_lr", "build_optimizer", "lr_factor", "WarmupMultiStepLR", "validate_solver", "check_amp",
-           "autocast", "grad_scaler", "optimizer_step"]
+           "autocast", "grad_scaler", "reduce_losses", "backward", "apply_step", "optimizer_step"]

@@ -6,9 +6,12 @@ writes and the few collective operations the training loop needs.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import random
-import tempfile
+import secrets
+import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -16,7 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .errors import ConfigError
+from .errors import ConfigError, UserError
 
 
 # --------------------------------------------------------------------------------------- devices
@@ -58,6 +61,12 @@ def get_rank() -> int:
 
 def is_main_process() -> bool:
     return get_rank() == 0
+
+
+def status(msg: str) -> None:
+    """A status line ``assigndet: msg`` on stderr, from the main process only."""
+    if is_main_process():
+        print(f"assigndet: {msg}", file=sys.stderr, flush=True)
 
 
 def init_distributed(device: torch.device) -> tuple[int, int]:
@@ -149,25 +158,62 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------------- atomic I/O
+#: the hidden temporary files of :func:`atomic_open` (``.NAME.XXXXXXXX.tmp``): one left behind is
+#: a save killed mid-way (kill -9, power loss); :func:`remove_stale_tmp` deletes them
+TMP_GLOB = ".*.tmp"
+_DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def _write_error(path: Path, e: OSError, needed: Optional[int]) -> UserError:
+    """One line for an OSError while writing ``path``: the directory, and for a full disk the
+    space needed and free."""
+    if e.errno in _DISK_FULL:
+        free = shutil.disk_usage(path.parent).free if path.parent.exists() else None
+        size = f"{needed / 1e6:.1f} MB needed, " if needed else ""
+        have = f"{free / 1e6:.1f} MB free" if free is not None else "free space unknown"
+        return UserError(f"no space left on the device of {path.parent} while writing {path.name} ({size}{have}); "
+                         f"{path.name} was left as it was: free some space and run again")
+    return UserError(f"cannot write {path}: {e.strerror or e}")
+
+
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
+def atomic_open(path: str | os.PathLike, mode: str = "wb", *, size_hint: Optional[int] = None) -> Iterator[Any]:
     """Open a temporary file next to ``path``; on success fsync it and ``os.replace`` it over
     ``path``. On any exception the temporary file is removed and ``path`` is left untouched,
-    so readers only ever see the old complete file or the new complete file."""
+    so readers only ever see the old complete file or the new complete file. The file gets the
+    permissions of any new file (0666 minus the umask: 0644 under the usual 022). An OSError
+    (a full disk: ENOSPC) becomes a one-line :class:`~assigndet.errors.UserError` naming the
+    directory and, for a full disk, the space needed (``size_hint`` bytes) and free."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
     try:
+        # os.open with 0o666 lets the kernel apply the umask (mkstemp would give 0600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise _write_error(path, e, size_hint) from e
         raise
     _fsync_dir(path.parent)
+
+
+def remove_stale_tmp(directory: str | os.PathLike) -> tuple[int, int]:
+    """Delete the temporary files that killed atomic writes left in ``directory``; returns
+    ``(count, bytes)``. Call it only when no save into ``directory`` is running."""
+    count = size = 0
+    for p in Path(directory).glob(TMP_GLOB):
+        with contextlib.suppress(OSError):
+            n = p.stat().st_size
+            p.unlink()
+            count, size = count + 1, size + n
+    return count, size
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -180,7 +226,7 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_open(path, "wb") as f:
+    with atomic_open(path, "wb", size_hint=len(data)) as f:
         f.write(data)
 
 

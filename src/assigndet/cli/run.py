@@ -2,27 +2,55 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
+import sys
+import warnings
 from pathlib import Path
 
 from ..config import apply_overrides, config_from_yaml
 from ..errors import ConfigError, InputError
 from ..presets import load_config
-from .common import DEMO_PRESET, check_weights_file, class_names, load_model, say
+from .common import DEMO_PRESET, check_weights_file, class_names, load_model
 
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 
 
+def quiet_other_ranks() -> None:
+    """Under torchrun only rank 0 talks: the other processes' warnings and library log lines
+    are silenced (their errors still reach stderr)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        logging.getLogger("assigndet").setLevel(logging.ERROR)
+        warnings.simplefilter("ignore")
+
+
+def train_config(preset: str, out: Path, overrides: list[str], resume: bool):
+    """The preset with ``overrides``; with ``resume`` and a run in ``out``: the run's saved
+    config with the overrides that may change on resume (:func:`assigndet.runs.resume_config`)."""
+    from ..runs import CONFIG_FILE, resume_config
+
+    cfg = load_config(preset, overrides)
+    if resume and (out / CONFIG_FILE).is_file():
+        return resume_config(out, preset, load_config(preset), overrides)
+    return cfg
+
+
 def cmd_train(args) -> int:
     from ..engine import destroy_distributed, train
+    from ..utils import is_main_process
 
-    cfg = load_config(args.preset, args.overrides)
+    quiet_other_ranks()
+    out = Path(args.out)
+    cfg = train_config(args.preset, out, args.overrides, args.resume)
     try:
-        result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+        result = train(cfg, out, resume=args.resume, overwrite=args.overwrite, preset=args.preset,
+                       progress=not args.no_progress)
+        main = is_main_process()  # asked before the process group is gone
     finally:
         destroy_distributed()
-    if result.metrics is not None:
-        say(f"AP {100 * result.metrics['AP']:.2f} (eval.json in {args.out})")
+    if result.metrics is not None and main:
+        print(f"AP {100 * result.metrics['AP']:.2f} (eval.json in {args.out})", flush=True)
     return result.exit_code
 
 
@@ -31,6 +59,9 @@ def cmd_eval(args) -> int:
     from ..evaluation import evaluate
     from ..utils import init_distributed, resolve_device
 
+    from ..utils import is_main_process
+
+    quiet_other_ranks()
     cfg = load_config(args.preset, args.overrides)
     check_weights_file(args.weights)
     init_distributed(resolve_device(cfg.device))
@@ -39,9 +70,11 @@ def cmd_eval(args) -> int:
         if args.out:
             Path(args.out).mkdir(parents=True, exist_ok=True)
         metrics = evaluate(model, cfg, args.out)
+        main = is_main_process()  # asked before the process group is gone
     finally:
         destroy_distributed()
-    say(f"AP {100 * metrics['AP']:.2f}")
+    if main:
+        print(f"AP {100 * metrics['AP']:.2f}", flush=True)
     return 0
 
 
@@ -84,7 +117,22 @@ def _predict_one(model, path: Path, names: list[str], score_thresh: float, out: 
             "detections": dets}
 
 
+def _output_names(paths: list[Path]) -> list[str]:
+    """``STEM.png`` per input, numbered where two inputs share a stem."""
+    names, used = [], set()
+    for path in paths:
+        name, k = f"{path.stem}.png", 1
+        while name in used:
+            name, k = f"{path.stem}_{k}.png", k + 1
+        used.add(name)
+        names.append(name)
+    return names
+
+
 def cmd_predict(args) -> int:
+    """Every image that can be read is detected and drawn; an unreadable one is skipped with a
+    warning line. ``predictions.json``: ``{"images": [records], "skipped": [{"file", "error"}]}``.
+    Exit 0 when at least one image worked, else the one-line error of the first one."""
     from ..utils import atomic_write_text
     from ..viz import collect_images
 
@@ -95,16 +143,23 @@ def cmd_predict(args) -> int:
     names = class_names(cfg, report.metadata, cfg.model.num_classes)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    records = []
-    used: set[str] = set()
-    for path in paths:
-        name, k = f"{path.stem}.png", 1
-        while name in used:
-            name, k = f"{path.stem}_{k}.png", k + 1
-        used.add(name)
-        records.append(_predict_one(model, path, names, args.score_thresh, out, name))
+    records, skipped, first_error = [], [], None
+    for path, name in zip(paths, _output_names(paths)):
+        try:
+            records.append(_predict_one(model, path, names, args.score_thresh, out, name))
+        except InputError as e:  # unreadable / corrupt image: the others go on
+            first_error = first_error or e
+            skipped.append({"file": str(path), "error": str(e)})
+            print(f"assigndet: warning: skipped {path}: {e}", file=sys.stderr, flush=True)
+            continue
         print(f"{path}: {len(records[-1]['detections'])} detections -> {out / name}")
-    atomic_write_text(out / "predictions.json", json.dumps(records, indent=1) + "\n")
+    doc = {"images": records, "skipped": skipped}
+    atomic_write_text(out / "predictions.json", json.dumps(doc, indent=1) + "\n")
+    if not records and first_error is not None:
+        raise first_error
+    if skipped:
+        print(f"assigndet: {len(skipped)} of {len(paths)} images skipped (listed in {out / 'predictions.json'})",
+              file=sys.stderr)
     return 0
 
 
@@ -119,9 +174,10 @@ def cmd_demo(args) -> int:
         kw = {k: v for k, v in (("num_train", args.train), ("num_val", args.val)) if v is not None}
         print(f"generating the shapes dataset in {data} ...")
         generate_shapes(data, seed=0, **kw)
-    cfg = load_config(DEMO_PRESET, [f"data.root={data}", *args.overrides])
     out = Path(args.out)
-    result = train(cfg, out, resume=args.resume, progress=not args.no_progress)
+    cfg = train_config(DEMO_PRESET, out, [f"data.root={data}", *args.overrides], args.resume)
+    result = train(cfg, out, resume=args.resume, overwrite=args.overwrite, preset=DEMO_PRESET,
+                   progress=not args.no_progress)
     if result.interrupted:
         return result.exit_code
     # a few drawn predictions on validation images
@@ -145,7 +201,12 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train a preset")
     p.add_argument("preset")
     p.add_argument("--out", required=True, help="output directory (checkpoints, logs, eval.json)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last_checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in OUT with its saved config.yaml (only solver.max_iter, "
+                        "solver.checkpoint_period, solver.eval_period, solver.log_period, solver.keep_last, "
+                        "data.num_workers, test.num_workers and device may be overridden)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the files of a run already in OUT (config, checkpoints, logs, evaluation) first")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=cmd_train)
@@ -171,6 +232,7 @@ def register(sub) -> None:
     p.add_argument("--train", type=int, default=None, help="training images to generate")
     p.add_argument("--val", type=int, default=None, help="validation images to generate")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace a demo run already in OUT")
     p.add_argument("--num-images", type=int, default=4, help="validation images to draw")
     p.add_argument("--score-thresh", type=float, default=0.3)
     p.add_argument("--no-progress", action="store_true")
