@@ -7,6 +7,7 @@ from torch import Tensor
 from ..assign import atss_assign
 from ..boxes import box_centers
 from ..losses import bce_sum, centerness_target, focal_loss_sum, reduce_mean, weighted_giou_sum
+from .assignment_stats import record_assignment
 from .base import DenseDetector
 from .common import atss_anchors_per_location, gather_targets, zero_loss
 
@@ -33,6 +34,7 @@ class ATSS(DenseDetector):
         B, A, C = logits.shape
         matched = self.assign(anchors, num_per_level, targets)  # (B, A)
         labels, gt_boxes = gather_targets(matched, targets, C)  # (B, A), (B, A, 4)
+        record_assignment(self, matched, anchors, gt_boxes, targets, num_per_level)  # assign/* statistics
         pos = matched >= 0  # (B, A)
         num_pos = reduce_mean(pos.sum().to(logits.dtype))
         n_pos = num_pos.clamp(min=1.0)

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from ..assign import dynamic_atss_assign
 from ..losses import bce_sum, quality_focal_loss_sum, reduce_mean, weighted_giou_sum
+from .assignment_stats import record_assignment
 from .base import DenseDetector
 from .common import atss_anchors_per_location, gather_targets, zero_loss
 
@@ -32,6 +33,7 @@ class DynamicATSS(DenseDetector):
             for i, t in enumerate(targets)])
         matched, ious = torch.stack(matched), torch.stack(ious)  # (B, A), (B, A)
         labels, gt_boxes = gather_targets(matched, targets, C)
+        record_assignment(self, matched, anchors, gt_boxes, targets, num_per_level)  # assign/* statistics
         pos = matched >= 0
         n_pos = reduce_mean(pos.sum().to(logits.dtype)).clamp(min=1.0)
         q_star = torch.where(pos, ious, torch.zeros_like(ious))  # (B, A)

@@ -7,6 +7,7 @@ from ..assign.paa import paa_assign
 from ..boxes import elementwise_iou
 from ..losses import bce_sum, focal_loss_sum, reduce_mean, weighted_giou_sum
 from ..variants import LossNormalizer, PAAVariant
+from .assignment_stats import record_assignment
 from .base import DenseDetector
 from .common import gather_targets, zero_loss
 
@@ -33,6 +34,7 @@ class PAA(DenseDetector):
         B, A, C = logits.shape
         matched = self.assign(anchors, num_per_level, targets, logits, deltas)  # (B, A)
         labels, gt_boxes = gather_targets(matched, targets, C)
+        record_assignment(self, matched, anchors, gt_boxes, targets, num_per_level)  # assign/* statistics
         pos = matched >= 0
         # "local": per-process normalisers (PAA_minimal, SPEC §3.7); "global": averaged over processes
         mean = reduce_mean if c.loss_normalizer is LossNormalizer["global"] else (lambda x: x)
