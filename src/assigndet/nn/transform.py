@@ -1,4 +1,12 @@
-"""Resize (the original's rule), normalise and pad a list of images into a batch (SPEC §1.2)."""
+"""Resize (the original's rule), normalise and pad a list of images into a batch (SPEC §1.2).
+
+Distributed training: the training short side of an image comes from its target
+(``target["min_size"]``, drawn by the data sampler from the seed and the iteration) when the
+target carries one, and in training mode under an initialised process group every process pads
+its batch to the largest height and width over all processes (an all-reduce MAX), so that N
+processes feed the network exactly the tensors one process would, padding included (padding
+enters the convolutions and the BatchNorm statistics).
+"""
 from __future__ import annotations
 
 import functools
@@ -6,6 +14,7 @@ import warnings
 
 import numpy as np
 import torch
+import torch.nn.functional as tnf
 from PIL import Image
 from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
@@ -82,17 +91,30 @@ def _warn_no_opencv() -> None:
                       stacklevel=3)
 
 
-def pad_batch(images: list[Tensor], size_divisible: int) -> Tensor:
-    """Images (3, H_i, W_i) -> one zero-padded batch (B, 3, H, W), H and W the largest sides
-    rounded up to a multiple of ``size_divisible``; each image at the top left."""
+def pad_batch(images: list[Tensor], size_divisible: int, extent: tuple[int, int] | None = None) -> Tensor:
+    """Images (3, H_i, W_i) -> one zero-padded batch (B, 3, H, W), H and W the largest sides (or
+    ``extent``, when given, at least) rounded up to a multiple of ``size_divisible``; each image at
+    the top left. Built out of place (``F.pad`` + ``stack``), so gradients reach the images."""
     d = size_divisible
     hmax = max(x.shape[1] for x in images)
     wmax = max(x.shape[2] for x in images)
+    if extent is not None:
+        hmax, wmax = max(hmax, extent[0]), max(wmax, extent[1])
     hmax, wmax = (hmax + d - 1) // d * d, (wmax + d - 1) // d * d
-    batch = images[0].new_zeros((len(images), 3, hmax, wmax))  # (B, 3, H, W)
-    for b, x in zip(batch, images):
-        b[:, : x.shape[1], : x.shape[2]].copy_(x)
-    return batch
+    return torch.stack([tnf.pad(x, (0, wmax - x.shape[2], 0, hmax - x.shape[1])) for x in images])  # (B, 3, H, W)
+
+
+def global_extent(images: list[Tensor]) -> tuple[int, int] | None:
+    """The largest (H, W) of ``images`` over all processes of the default group (one all-reduce
+    MAX; every process must call it), None outside distributed runs."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()
+            and torch.distributed.get_world_size() > 1):
+        return None
+    ext = torch.tensor([max(x.shape[1] for x in images), max(x.shape[2] for x in images)],
+                       device=images[0].device)  # (2,)
+    torch.distributed.all_reduce(ext, op=torch.distributed.ReduceOp.MAX)
+    h, w = ext.tolist()
+    return int(h), int(w)
 
 
 class ImageTransform(nn.Module):
@@ -100,6 +122,12 @@ class ImageTransform(nn.Module):
 
     Returns the batch (B, 3, H, W), the resized sizes (H_i, W_i) and the targets with boxes
     scaled by the per-axis ratio new/old (SPEC §1.2: no +1 correction).
+
+    Training short side: ``target["min_size"]`` when the target has one (the data sampler draws it
+    from the seed and the iteration), else ``min_size_train[0]``, or a draw from ``torch``'s RNG in
+    ``[lo, hi]`` for a multi-scale range (the Python API without the sampler). In training mode
+    under ``torch.distributed`` the batch is padded to the largest size over all processes
+    (:func:`global_extent`): every process must then run the forward pass, as DDP training does.
     """
 
     def __init__(
@@ -130,9 +158,11 @@ class ImageTransform(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1), persistent=False)
 
-    def _target_short_side(self) -> int:
+    def _target_short_side(self, target: dict | None = None) -> int:
         if not self.training:
             return self.min_size_test
+        if target is not None and target.get("min_size") is not None:
+            return int(target["min_size"])
         if len(self.min_size_train) == 1:
             return self.min_size_train[0]
         lo, hi = self.min_size_train
@@ -173,7 +203,8 @@ class ImageTransform(nn.Module):
             if img.dim() != 3 or img.shape[0] != 3:
                 raise ValueError(f"image {i}: expected a (3, H, W) tensor, got shape {tuple(img.shape)}")
             h, w = img.shape[-2:]
-            size = resize_size(h, w, self._target_short_side(), max_size, self.resize_rule)
+            short = self._target_short_side(targets[i] if targets is not None else None)
+            size = resize_size(h, w, short, max_size, self.resize_rule)
             out.append(self.prepare(img, size))
             sizes.append(size)
             if targets is not None:
@@ -181,4 +212,5 @@ class ImageTransform(nn.Module):
                 ratio = torch.tensor([size[1] / w, size[0] / h, size[1] / w, size[0] / h], device=img.device)
                 t["boxes"] = t["boxes"].to(self.pixel_mean.dtype) * ratio
                 new_targets.append(t)
-        return pad_batch(out, self.size_divisible), sizes, (new_targets if targets is not None else None)
+        extent = global_extent(out) if self.training else None
+        return pad_batch(out, self.size_divisible, extent), sizes, (new_targets if targets is not None else None)
