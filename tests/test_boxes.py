@@ -63,3 +63,51 @@ def test_giou_loss_values():
     assert torch.isfinite(giou_loss(inv, a)).all()
     ref = torchvision.ops.generalized_box_iou_loss(rand_boxes(10, seed=5), rand_boxes(10, seed=6))
     torch.testing.assert_close(giou_loss(rand_boxes(10, seed=5), rand_boxes(10, seed=6)), ref, atol=1e-5, rtol=1e-4)
+
+
+def test_half_precision_boxes_are_upcast_like_torchvision():
+    """float16 / bfloat16 boxes: IoU, areas and GIoU are computed and returned in float32 (as
+    torchvision's ``_upcast``), so large coordinates do not overflow 65504 to inf / NaN."""
+    a = rand_boxes(8, size=1000.0, seed=7) * 20  # areas up to ~1e8
+    b = rand_boxes(6, size=1000.0, seed=8) * 20
+    for dtype in (torch.float16, torch.bfloat16):
+        ah, bh = a.to(dtype), b.to(dtype)
+        for offset in (0.0, 1.0):
+            iou = box_iou(ah, bh, offset=offset)
+            assert iou.dtype == torch.float32 and torch.isfinite(iou).all()
+            torch.testing.assert_close(iou, box_iou(ah.float(), bh.float(), offset=offset))
+            e = elementwise_iou(ah[:6], bh, offset=offset)
+            assert e.dtype == torch.float32
+            torch.testing.assert_close(e, elementwise_iou(ah[:6].float(), bh.float(), offset=offset))
+            assert box_area(ah, offset=offset).dtype == torch.float32
+        assert torchvision.ops.box_iou(ah, bh).dtype == box_iou(ah, bh, offset=0.0).dtype
+        torch.testing.assert_close(box_iou(ah, bh, offset=0.0), torchvision.ops.box_iou(ah, bh), atol=2e-3, rtol=0)
+        g = giou_loss(ah[:6], bh)
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, giou_loss(ah[:6].float(), bh.float()))
+    big = torch.tensor([[0.0, 0.0, 300.0, 300.0]], dtype=torch.float16)  # area 9e4 > float16 max
+    assert box_iou(big, big, offset=0.0).item() == 1.0 and box_iou(big, big).item() == 1.0
+
+
+def test_empty_boxes_give_iou_zero_not_nan():
+    """torchvision gives 0/0 = NaN for two empty boxes; here the IoU is 0 (and stays exact otherwise)."""
+    empty = torch.tensor([[5.0, 5.0, 5.0, 9.0], [3.0, 3.0, 3.0, 3.0]])
+    assert box_iou(empty, empty, offset=0.0).tolist() == [[0.0, 0.0], [0.0, 0.0]]
+    assert elementwise_iou(empty, empty, offset=0.0).tolist() == [0.0, 0.0]
+    inverted = torch.tensor([[9.0, 9.0, 2.0, 2.0]])
+    assert box_iou(inverted, rand_boxes(4), offset=0.0).eq(0).all()
+    a, b = rand_boxes(20, seed=1), rand_boxes(30, seed=2)
+    assert torch.equal(box_iou(a, b, offset=0.0), torchvision.ops.box_iou(a, b))  # unchanged on real boxes
+
+
+def test_encode_of_an_empty_box_is_finite():
+    """An empty GT (width 0 with offset 0) would give log(0) = -inf: its size counts as eps."""
+    anchors = torch.tensor([[0.0, 0.0, 16.0, 16.0], [0.0, 0.0, 0.0, 0.0]])
+    gt = torch.tensor([[4.0, 4.0, 4.0, 12.0], [1.0, 1.0, 5.0, 5.0]])
+    for offset in (0.0, 1.0):
+        d = BoxCoder(offset=offset).encode(gt, anchors)
+        assert torch.isfinite(d).all()
+    d = BoxCoder(offset=0.0).encode(rand_boxes(10, seed=3), rand_boxes(10, seed=4))
+    ref = torchvision.models.detection._utils.BoxCoder((10.0, 10.0, 5.0, 5.0)).encode_single(
+        rand_boxes(10, seed=3), rand_boxes(10, seed=4))
+    torch.testing.assert_close(d, ref)

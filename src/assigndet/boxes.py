@@ -19,8 +19,21 @@ from torch import Tensor
 BBOX_XFORM_CLIP = math.log(1000.0 / 16)
 
 
+def upcast(t: Tensor) -> Tensor:
+    """float16 / bfloat16 -> float32, other dtypes unchanged (torchvision's ``_upcast``): areas and
+    products of half-precision coordinates overflow (65504) or lose every digit."""
+    return t.float() if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64) else t
+
+
+def _divide(inter: Tensor, union: Tensor) -> Tensor:
+    """inter / union, 0 where the union is 0 (two empty boxes; torchvision gives NaN there)."""
+    return inter / union.clamp(min=torch.finfo(union.dtype).tiny if union.is_floating_point() else 1)
+
+
 def box_area(boxes: Tensor, *, offset: float = 1.0) -> Tensor:
-    """Area of (N, 4) boxes -> (N,), with width = x2 - x1 + offset."""
+    """Area of (N, 4) boxes -> (N,), with width = x2 - x1 + offset (half precision computed and
+    returned in float32, as torchvision)."""
+    boxes = upcast(boxes)
     return (boxes[:, 2] - boxes[:, 0] + offset) * (boxes[:, 3] - boxes[:, 1] + offset)
 
 
@@ -28,26 +41,29 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, *, offset: float = 1.0) -> Tensor:
     """Pairwise IoU (N, 4) x (M, 4) -> (N, M), in the original's order of operations.
 
     With ``offset=1`` this is maskrcnn-benchmark's ``boxlist_iou`` bit for bit; with ``offset=0``
-    it equals ``torchvision.ops.box_iou``.
+    it equals ``torchvision.ops.box_iou``. float16 / bfloat16 boxes are computed in float32 and give
+    float32 (torchvision's rule); a pair of empty boxes (union 0) has IoU 0, not NaN.
     """
+    boxes1, boxes2 = upcast(boxes1), upcast(boxes2)
     area1 = box_area(boxes1, offset=offset)  # (N,)
     area2 = box_area(boxes2, offset=offset)  # (M,)
     lt = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])  # (N, M, 2)
     rb = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])  # (N, M, 2)
     wh = (rb - lt + offset).clamp(min=0)  # (N, M, 2)
     inter = wh[..., 0] * wh[..., 1]  # (N, M)
-    return inter / (area1[:, None] + area2[None, :] - inter)
+    return _divide(inter, area1[:, None] + area2[None, :] - inter)
 
 
 def elementwise_iou(boxes1: Tensor, boxes2: Tensor, *, offset: float = 1.0) -> Tensor:
-    """IoU of matching rows (N, 4), (N, 4) -> (N,)."""
+    """IoU of matching rows (N, 4), (N, 4) -> (N,); half precision and empty pairs as :func:`box_iou`."""
+    boxes1, boxes2 = upcast(boxes1), upcast(boxes2)
     area1 = box_area(boxes1, offset=offset)
     area2 = box_area(boxes2, offset=offset)
     lt = torch.max(boxes1[:, :2], boxes2[:, :2])
     rb = torch.min(boxes1[:, 2:], boxes2[:, 2:])
     wh = (rb - lt + offset).clamp(min=0)
     inter = wh[:, 0] * wh[:, 1]
-    return inter / (area1 + area2 - inter)
+    return _divide(inter, area1 + area2 - inter)
 
 
 def box_centers(boxes: Tensor) -> Tensor:
@@ -80,6 +96,11 @@ def center_inside(points: Tensor, boxes: Tensor, *, margin: float = 0.01) -> Ten
     return torch.stack((l, t, r, b), dim=2).amin(dim=2) > margin
 
 
+def _positive(size: Tensor) -> Tensor:
+    """Widths / heights floored at the dtype's eps (bit-identical for every non-empty box)."""
+    return size.clamp(min=torch.finfo(size.dtype).eps)
+
+
 class BoxCoder:
     """The (dx, dy, dw, dh) coder of SPEC §1.6 with weights (10, 10, 5, 5) by default.
 
@@ -101,7 +122,8 @@ class BoxCoder:
         self.symmetric_clamp = symmetric_clamp
 
     def encode(self, gt_boxes: Tensor, anchors: Tensor) -> Tensor:
-        """Deltas (N, 4) that map anchors (N, 4) onto gt_boxes (N, 4)."""
+        """Deltas (N, 4) that map anchors (N, 4) onto gt_boxes (N, 4). A width or height below
+        the dtype's eps (an empty box) counts as eps, so the deltas stay finite (no log 0)."""
         wx, wy, ww, wh = self.weights
         o = self.offset
         aw = anchors[:, 2] - anchors[:, 0] + o
@@ -112,6 +134,7 @@ class BoxCoder:
         gh = gt_boxes[:, 3] - gt_boxes[:, 1] + o
         gx = (gt_boxes[:, 2] + gt_boxes[:, 0]) / 2
         gy = (gt_boxes[:, 3] + gt_boxes[:, 1]) / 2
+        aw, ah, gw, gh = (_positive(v) for v in (aw, ah, gw, gh))
         return torch.stack(
             (wx * (gx - ax) / aw, wy * (gy - ay) / ah, ww * torch.log(gw / aw), wh * torch.log(gh / ah)),
             dim=1,
@@ -143,8 +166,10 @@ class BoxCoder:
 def giou_loss(pred: Tensor, target: Tensor, *, eps: float = 1e-7) -> Tensor:
     """1 - GIoU per row of decoded boxes (N, 4), as ATSS/PAA compute it (no +1, SPEC §1.7).
 
-    The prediction is made well-formed (x2 >= x1, y2 >= y1); the target is used as is.
+    The prediction is made well-formed (x2 >= x1, y2 >= y1); the target is used as is. Half
+    precision is computed and returned in float32 (torchvision's ``generalized_box_iou_loss``).
     """
+    pred, target = upcast(pred), upcast(target)
     px1, py1 = pred[:, 0], pred[:, 1]
     px2 = torch.max(pred[:, 0], pred[:, 2])
     py2 = torch.max(pred[:, 1], pred[:, 3])

@@ -78,11 +78,17 @@ def bce_sum(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 def centerness_target(anchor_centers: Tensor, gt_boxes: Tensor) -> Tensor:
-    """sqrt(min(l, r)/max(l, r) * min(t, b)/max(t, b)) of anchor centres (N, 2) in boxes (N, 4)."""
+    """sqrt(min(l, r)/max(l, r) * min(t, b)/max(t, b)) of anchor centres (N, 2) in boxes (N, 4).
+
+    Defined everywhere (no NaN): a centre on or outside the box's edge, or an empty box, gives 0
+    (the assigners only pass centres strictly inside, where this is the original's formula)."""
     l = anchor_centers[:, 0] - gt_boxes[:, 0]
     t = anchor_centers[:, 1] - gt_boxes[:, 1]
     r = gt_boxes[:, 2] - anchor_centers[:, 0]
     b = gt_boxes[:, 3] - anchor_centers[:, 1]
-    lr = torch.stack((l, r), 1)
-    tb = torch.stack((t, b), 1)
-    return torch.sqrt((lr.amin(1) / lr.amax(1)) * (tb.amin(1) / tb.amax(1)))
+    lr = torch.stack((l, r), 1)  # (N, 2)
+    tb = torch.stack((t, b), 1)  # (N, 2)
+    tiny = torch.finfo(lr.dtype).tiny
+    ratio_x = lr.amin(1).clamp(min=0) / lr.amax(1).clamp(min=tiny)  # (N,) in [0, 1]
+    ratio_y = tb.amin(1).clamp(min=0) / tb.amax(1).clamp(min=tiny)
+    return torch.sqrt(ratio_x * ratio_y)
