@@ -11,7 +11,8 @@ from ..boxes import BoxCoder
 from ..nn import DenseHead, RetinaFPN
 from ..postprocess import dense_postprocess, mmdet_postprocess
 from ..variants import Postprocess
-from .common import TargetError, build_body, build_transform, check_targets, rescale_boxes, zero_loss
+from .common import (TargetError, build_body, build_transform, check_images, check_targets, graph_to_images,
+                     rescale_boxes, zero_loss)
 from .tta import tta_forward
 
 #: P3-P7
@@ -58,6 +59,7 @@ class DenseDetector(nn.Module):
         return self.anchor_generator([tuple(f.shape[-2:]) for f in features])
 
     def forward(self, images: list[Tensor], targets: list[dict] | None = None):
+        check_images(images)
         check_targets(targets, len(images), self.cfg.num_classes, training=self.training)
         if not self.training and self.cfg.tta.enabled:
             return tta_forward(self, images)
@@ -68,14 +70,16 @@ class DenseDetector(nn.Module):
         anchors, num_per_level = self.anchors(feats)
         if self.training:
             return self.compute_losses(logits, deltas, quality, anchors, num_per_level, targets)
-        return self.postprocess(logits, deltas, quality, anchors, num_per_level, sizes, orig_sizes)
+        with torch.set_grad_enabled(graph_to_images(images)):  # scores keep a graph to images requiring grad
+            return self.postprocess(logits, deltas, quality, anchors, num_per_level, sizes, orig_sizes)
 
     def compute_losses(self, logits, deltas, quality, anchors, num_per_level, targets) -> dict[str, Tensor]:
         raise NotImplementedError
 
-    @torch.no_grad()
     def postprocess(self, logits, deltas, quality, anchors, num_per_level, sizes, orig_sizes) -> list[dict]:
-        """Detections per image in the input images' pixels (``orig_sizes``)."""
+        """Detections per image in the input images' pixels (``orig_sizes``); differentiable in the
+        scores (the caller chooses the grad mode: :meth:`forward` runs it under no_grad unless an
+        image requires grad)."""
         c = self.cfg
         results = []
         for i, (size, orig) in enumerate(zip(sizes, orig_sizes)):

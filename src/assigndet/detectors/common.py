@@ -7,14 +7,30 @@ import torch
 from torch import Tensor
 
 from ..config import BackboneConfig, InputConfig
-from ..errors import TargetError
+from ..errors import InputError, TargetError
 from ..nn import ImageTransform, ResNetBody, load_backbone_weights
 from ..variants import Convention
 
 
 # ------------------------------------------------------------------------------ inputs
+def check_images(images) -> None:
+    """The model's input: a list of (3, H, W) tensors with H, W > 0, uint8 or floating point
+    (an :class:`InputError` names the image)."""
+    if isinstance(images, Tensor) or not isinstance(images, (list, tuple)):
+        raise InputError(f"the model takes a list of (3, H, W) image tensors, got {type(images).__name__}")
+    for i, img in enumerate(images):
+        if not isinstance(img, Tensor):
+            raise InputError(f"image {i}: expected a tensor, got {type(img).__name__}")
+        if img.dim() != 3 or img.shape[0] != 3 or img.shape[1] == 0 or img.shape[2] == 0:
+            raise InputError(f"image {i}: expected a (3, H, W) tensor with H, W > 0, got shape {tuple(img.shape)}")
+        if img.dtype != torch.uint8 and not img.is_floating_point():
+            raise InputError(f"image {i}: expected uint8 (0..255) or floating point (0..1) pixels, got {img.dtype}")
+
+
 def check_targets(targets: list[dict] | None, num_images: int, num_classes: int, *, training: bool = False) -> None:
-    """Training needs targets; given targets must be well formed (a :class:`TargetError` names the image)."""
+    """Training needs targets; given targets must be well formed (a :class:`TargetError` names the
+    image and, for a bad box, its index): boxes (G, 4) finite with x2 > x1 and y2 > y1, as
+    torchvision requires, and integer labels in [0, num_classes)."""
     if targets is None:
         if training:
             raise ValueError("in training mode the model needs targets")
@@ -22,18 +38,38 @@ def check_targets(targets: list[dict] | None, num_images: int, num_classes: int,
     if len(targets) != num_images:
         raise TargetError(f"got {num_images} images but {len(targets)} targets")
     for i, t in enumerate(targets):
-        name = f"image {t.get('image_id', i)}"
-        if "boxes" not in t or "labels" not in t:
-            raise TargetError(f"{name}: a target needs 'boxes' and 'labels'")
-        boxes, labels = t["boxes"], t["labels"]
-        if boxes.dim() != 2 or boxes.shape[1] != 4 or labels.shape != boxes.shape[:1]:
-            raise TargetError(f"{name}: boxes must be (G, 4) and labels (G,), got {tuple(boxes.shape)} and {tuple(labels.shape)}")
-        if boxes.numel() and not bool(torch.isfinite(boxes).all()):
-            raise TargetError(f"{name}: non-finite box coordinates")
-        if boxes.numel() and bool(((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any()):
-            raise TargetError(f"{name}: a box has x2 < x1 or y2 < y1")
-        if labels.numel() and bool(((labels < 0) | (labels >= num_classes)).any()):
-            raise TargetError(f"{name}: labels must be 0-based class indices below {num_classes}")
+        _check_target(t, f"image {t.get('image_id', i) if isinstance(t, dict) else i}", num_classes)
+
+
+def _check_target(t: dict, name: str, num_classes: int) -> None:
+    if not isinstance(t, dict) or "boxes" not in t or "labels" not in t:
+        raise TargetError(f"{name}: a target needs 'boxes' and 'labels'")
+    boxes, labels = t["boxes"], t["labels"]
+    if not isinstance(boxes, Tensor) or not isinstance(labels, Tensor):
+        raise TargetError(f"{name}: 'boxes' and 'labels' must be tensors")
+    if boxes.dim() != 2 or boxes.shape[1] != 4 or labels.shape != boxes.shape[:1]:
+        raise TargetError(f"{name}: boxes must be (G, 4) and labels (G,), got {tuple(boxes.shape)} and {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TargetError(f"{name}: labels must be an integer tensor, got {labels.dtype}")
+    if not boxes.numel():
+        return
+    if not bool(torch.isfinite(boxes).all()):
+        j = int(torch.nonzero(~torch.isfinite(boxes).all(dim=1))[0])
+        raise TargetError(f"{name}: box {j} has non-finite coordinates {boxes[j].tolist()}")
+    bad = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])  # (G,)
+    if bool(bad.any()):
+        j = int(torch.nonzero(bad)[0])
+        raise TargetError(f"{name}: box {j} {boxes[j].tolist()} has no positive width and height; every box needs "
+                          f"x2 > x1 and y2 > y1 (as torchvision requires: drop empty boxes before the model)")
+    if labels.numel() and bool(((labels < 0) | (labels >= num_classes)).any()):
+        raise TargetError(f"{name}: labels must be 0-based class indices below {num_classes}")
+
+
+def graph_to_images(images: list[Tensor]) -> bool:
+    """Whether eval-mode outputs keep their graph back to the images (torchvision's behaviour for
+    saliency or adversarial use): grad mode on and an image requiring grad. Otherwise the
+    post-processing runs under no_grad, for speed."""
+    return torch.is_grad_enabled() and any(img.requires_grad for img in images)
 
 
 # ------------------------------------------------------------------------------ builders
@@ -109,5 +145,5 @@ def zero_loss(*tensors: Tensor) -> Tensor:
     return sum(t.sum() * 0.0 for t in tensors)
 
 
-__all__ = ["TargetError", "check_targets", "atss_anchors_per_location", "build_body", "build_transform", "gather_boxes", "gather_targets",
+__all__ = ["InputError", "TargetError", "check_images", "check_targets", "graph_to_images", "atss_anchors_per_location", "build_body", "build_transform", "gather_boxes", "gather_targets",
            "rescale_boxes", "to_input_pixels", "zero_loss"]

@@ -17,11 +17,12 @@ in the input images' pixels in eval mode.
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from ..ops import MultiScalePrRoIPool
 from ..variants import RoIPool
-from .common import build_body, build_transform, check_targets, to_input_pixels
+from .common import build_body, build_transform, check_images, check_targets, graph_to_images, to_input_pixels
 from .rcnn_parts import FPN, RPN, LevelRoIAlign, RCNNHeads
 
 #: The RoI heads pool P2-P5.
@@ -83,6 +84,7 @@ class FasterRCNN(nn.Module):
         return self.roi_heads.detect(feats[: len(ROI_STRIDES)], proposals, sizes)
 
     def forward(self, images: list[Tensor], targets: list[dict] | None = None):
+        check_images(images)
         check_targets(targets, len(images), self.cfg.num_classes, training=self.training)
         orig_sizes = [tuple(img.shape[-2:]) for img in images]
         batch, sizes, targets = self.transform(images, targets)
@@ -91,7 +93,8 @@ class FasterRCNN(nn.Module):
         if self.training:
             losses.update(self.roi_losses(feats, proposals, sizes, to_torchvision_labels(targets)))
             return losses
-        return to_input_pixels(self.detect(feats, proposals, sizes), sizes, orig_sizes)
+        with torch.set_grad_enabled(graph_to_images(images)):  # scores keep a graph to images requiring grad
+            return to_input_pixels(self.detect(feats, proposals, sizes), sizes, orig_sizes)
 
 
 def to_torchvision_labels(targets: list[dict]) -> list[dict]:

@@ -320,10 +320,10 @@ def rcnn_box_losses(heads: RoIHeads, features: list[Tensor], proposals: list[Ten
     return {"loss_cls": loss_cls, "loss_bbox": loss_bbox}
 
 
-@torch.no_grad()
 def rcnn_detect(heads: RoIHeads, features: list[Tensor], proposals: list[Tensor], image_sizes) -> list[dict]:
     """Softmax, class-specific decoding, clip, score > thresh, per-class NMS, top k; labels back to
-    0-based (-1)."""
+    0-based (-1). Differentiable in the scores: the caller picks the grad mode (the detector runs it
+    under no_grad unless an input image requires grad, as torchvision keeps the graph)."""
     class_logits, box_regression = rcnn_box_forward(heads, features, proposals, image_sizes)
     boxes, scores, labels = heads.postprocess_detections(class_logits, box_regression, proposals, image_sizes)
     return [dict(boxes=b, scores=s, labels=lab - 1) for b, s, lab in zip(boxes, scores, labels)]
