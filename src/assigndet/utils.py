@@ -164,13 +164,17 @@ TMP_GLOB = ".*.tmp"
 _DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n} bytes"
+
+
 def _write_error(path: Path, e: OSError, needed: Optional[int]) -> UserError:
     """One line for an OSError while writing ``path``: the directory, and for a full disk the
     space needed and free."""
     if e.errno in _DISK_FULL:
         free = shutil.disk_usage(path.parent).free if path.parent.exists() else None
-        size = f"{needed / 1e6:.1f} MB needed, " if needed else ""
-        have = f"{free / 1e6:.1f} MB free" if free is not None else "free space unknown"
+        size = f"{_size(needed)} needed, " if needed else ""
+        have = f"{_size(free)} free" if free is not None else "free space unknown"
         return UserError(f"no space left on the device of {path.parent} while writing {path.name} ({size}{have}); "
                          f"{path.name} was left as it was: free some space and run again")
     return UserError(f"cannot write {path}: {e.strerror or e}")

@@ -143,20 +143,25 @@ def cmd_predict(args) -> int:
     names = class_names(cfg, report.metadata, cfg.model.num_classes)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    records, skipped, first_error = [], [], None
+    records: list[dict] = []
+    skipped: list[dict] = []
+    pending: list[str] = []  # warnings wait for a first success: if none comes, one error line says it all
     for path, name in zip(paths, _output_names(paths)):
         try:
             records.append(_predict_one(model, path, names, args.score_thresh, out, name))
         except InputError as e:  # unreadable / corrupt image: the others go on
-            first_error = first_error or e
             skipped.append({"file": str(path), "error": str(e)})
-            print(f"assigndet: warning: skipped {path}: {e}", file=sys.stderr, flush=True)
-            continue
-        print(f"{path}: {len(records[-1]['detections'])} detections -> {out / name}")
-    doc = {"images": records, "skipped": skipped}
-    atomic_write_text(out / "predictions.json", json.dumps(doc, indent=1) + "\n")
-    if not records and first_error is not None:
-        raise first_error
+            pending.append(f"assigndet: warning: skipped {path}: {e}")
+        else:
+            print(f"{path}: {len(records[-1]['detections'])} detections -> {out / name}")
+        if records and pending:
+            print("\n".join(pending), file=sys.stderr, flush=True)
+            pending.clear()
+    atomic_write_text(out / "predictions.json", json.dumps({"images": records, "skipped": skipped}, indent=1) + "\n")
+    if not records:
+        first = skipped[0]["error"]
+        raise InputError(first if len(skipped) == 1 else f"none of the {len(skipped)} images could be read "
+                         f"(listed in {out / 'predictions.json'}); the first: {first}")
     if skipped:
         print(f"assigndet: {len(skipped)} of {len(paths)} images skipped (listed in {out / 'predictions.json'})",
               file=sys.stderr)
