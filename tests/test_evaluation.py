@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from assigndet.evaluation import (EXTRA_IOUS, STAT_KEYS, evaluate_coco, format_metrics, predictions_to_coco,
-                                  write_eval_json)
+from assigndet.checkpoints import save_weights
+from assigndet.config import apply_overrides, config_to_yaml
+from assigndet.errors import ConfigError
+from assigndet.evaluation import (EXTRA_IOUS, PR_IOUS, STAT_KEYS, evaluate_coco, evaluate_coco_curves, format_ap,
+                                  format_metrics, predictions_to_coco, weights_config, write_eval_json)
+from assigndet.presets import load_config
 
 
 def _synthetic(seed=0):
@@ -104,3 +108,62 @@ def test_eval_json_keys(tmp_path):
     for key in (*STAT_KEYS, *EXTRA_IOUS, "per_class", "iteration"):
         assert key in obj
     assert 0 <= obj["AP"] <= 1
+
+
+def _pycocotools_eval(tmp_path, gt, dets):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    ann = tmp_path / "gt.json"
+    ann.write_text(json.dumps(gt))
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO(str(ann))
+        ev = COCOeval(coco_gt, coco_gt.loadRes(dets), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev
+
+
+def test_pr_curves_are_pycocotools_precision_columns_and_their_mean_is_ap50_ap75(tmp_path):
+    gt, dets = _synthetic()
+    gt["categories"].append({"id": 9, "name": "bird"})  # a class without ground truth: no curve
+    metrics, curves = evaluate_coco_curves(gt, dets)
+    ev = _pycocotools_eval(tmp_path, gt, dets)
+    p = ev.eval["precision"]  # (T, R, K, A, M)
+    assert curves["recall"] == pytest.approx(list(ev.params.recThrs))
+    for thr in PR_IOUS:
+        t = int(np.argmin(np.abs(ev.params.iouThrs - thr)))
+        at = curves["iou"][str(thr)]
+        for k, name in enumerate(["cat", "dog"]):
+            assert at["per_class"][name] == pytest.approx(p[t, :, k, 0, -1], abs=1e-5), (thr, name)
+        assert at["per_class"]["bird"] is None
+        assert at["mean"] == pytest.approx(p[t, :, :2, 0, -1].mean(axis=1), abs=1e-5)
+    assert np.mean(curves["iou"]["0.5"]["mean"]) == pytest.approx(metrics["AP50"], abs=1e-5)
+    assert np.mean(curves["iou"]["0.75"]["mean"]) == pytest.approx(metrics["AP75"], abs=1e-5)
+    assert metrics == evaluate_coco(gt, dets)  # the same metrics as without the curves
+
+
+def test_format_ap_prints_a_fraction_as_percent():
+    assert format_ap(0.56923) == "AP 56.92 (%)"
+    assert format_ap(0.5, "AP50") == "AP50 50.00 (%)"
+    assert format_ap(-1.0, "APs") == "APs - (no ground truth)"
+
+
+def test_weights_config_prefers_config_yaml_then_the_embedded_config_then_the_preset(tmp_path):
+    embedded = apply_overrides(load_config("atss_R_18_shapes"), ["model.fpn_channels=24"])
+    weights = save_weights({"w": torch.zeros(1)}, tmp_path / "w.safetensors",
+                           metadata={"config": config_to_yaml(embedded)})
+    assert weights_config(weights, preset="paa_R_18_shapes").model.fpn_channels == 24  # embedded beats the preset
+    assert weights_config(weights, overrides=["model.head_convs=3"]).model.head_convs == 3
+    beside = apply_overrides(embedded, ["model.fpn_channels=40"])
+    (tmp_path / "config.yaml").write_text(config_to_yaml(beside))
+    assert weights_config(weights).model.fpn_channels == 40  # a run directory's config.yaml comes first
+    bare = save_weights({"w": torch.zeros(1)}, tmp_path / "other" / "bare.safetensors")
+    assert weights_config(bare, preset="paa_R_18_shapes").model.arch.value == "paa"
+    with pytest.raises(ConfigError, match="no config.yaml beside .*bare.safetensors.*--preset"):
+        weights_config(bare)
+    broken = save_weights({"w": torch.zeros(1)}, tmp_path / "other" / "broken.safetensors",
+                          metadata={"config": "model: {arch: nosuch}"})
+    with pytest.raises(ConfigError, match="the config stored in .*broken.safetensors"):
+        weights_config(broken)
