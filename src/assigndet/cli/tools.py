@@ -42,15 +42,49 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def _shapes_arguments(args) -> dict:
+    """The ``data shapes`` options as generate_shapes arguments; a bad value is one InputError line."""
+    from ..data.shapes import DEFAULT_MAX_SIDE, DEFAULT_MIN_SIDE, MIN_SIDE
+
+    for flag, value in (("--train", args.train), ("--val", args.val), ("--seed", args.seed)):
+        if value < 0:
+            raise InputError(f"data shapes: {flag} must be >= 0, got {value}")
+    lo = DEFAULT_MIN_SIDE if args.min_side is None else args.min_side
+    hi = DEFAULT_MAX_SIDE if args.max_side is None else args.max_side
+    if lo < MIN_SIDE:
+        raise InputError(f"data shapes: --min-side must be >= {MIN_SIDE}, got {lo}")
+    if lo > hi:
+        given = lambda v: "" if v is not None else " (the default)"  # noqa: E731
+        raise InputError(f"data shapes: --min-side {lo}{given(args.min_side)} is larger than "
+                         f"--max-side {hi}{given(args.max_side)}")
+    return dict(num_train=args.train, num_val=args.val, seed=args.seed, min_side=lo, max_side=hi)
+
+
 def cmd_data_shapes(args) -> int:
     from ..data import generate_shapes
 
-    info = generate_shapes(args.out, num_train=args.train, num_val=args.val, seed=args.seed,
-                           **({"min_side": args.min_side} if args.min_side else {}),
-                           **({"max_side": args.max_side} if args.max_side else {}))
+    kwargs = _shapes_arguments(args)
+    try:
+        info = generate_shapes(args.out, **kwargs)
+    except OSError as e:
+        raise InputError(f"data shapes: cannot write to {args.out}: {e.strerror or e}") from None
     print(f"wrote {info['train']['num_images']} train and {info['val']['num_images']} val images "
           f"({info['train']['num_annotations'] + info['val']['num_annotations']} boxes) to {info['root']}")
     return 0
+
+
+def cmd_data_check(args) -> int:
+    """Exit 0: no errors (warnings may be listed); 1: errors found; 2 (UserError): nothing to check."""
+    from ..data.check import ERROR, check_dataset, format_report
+
+    if args.workers < 1:
+        raise InputError(f"data check: --workers must be >= 1, got {args.workers}")
+    reports = check_dataset(args.root, ann=args.ann, images=args.images, workers=args.workers,
+                            progress=not args.no_progress)
+    print(format_report(reports, Path(args.root) if args.root else None))
+    errors = sum(r.count(ERROR) for r in reports)
+    print(f"{errors} error(s) in {len(reports)} split(s)" if errors else f"no errors in {len(reports)} split(s)")
+    return 1 if errors else 0
 
 
 def register(sub) -> None:
@@ -65,6 +99,15 @@ def register(sub) -> None:
     q.add_argument("--min-side", type=int, default=None)
     q.add_argument("--max-side", type=int, default=None)
     q.set_defaults(func=cmd_data_shapes, overrides=[])
+    q = dsub.add_parser("check", help="check a COCO-format dataset (JSON, ids, boxes, every image decoded); "
+                                      "exit 0 no errors, 1 errors found")
+    q.add_argument("root", nargs="?", default=None, metavar="ROOT",
+                   help="dataset root as data.root takes it: every ROOT/annotations/*.json with its image folder")
+    q.add_argument("--ann", default=None, metavar="FILE", help="one annotation file (relative to ROOT if given)")
+    q.add_argument("--images", default=None, metavar="DIR", help="the image folder of --ann")
+    q.add_argument("--workers", type=int, default=2, help="image decoding processes (default 2)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_data_check, overrides=[])
 
     p = sub.add_parser("presets", help="list presets with their published AP, or --show one's config")
     p.add_argument("--show", metavar="NAME", default=None, help="print the resolved config of preset NAME (YAML)")

@@ -1,7 +1,8 @@
 """Datasets and batching: COCO-format detection data, the generated "shapes" dataset, samplers."""
 from ..errors import DatasetError
-from .build import build_dataset, dataset_paths
+from .build import build_dataset, check_files, dataset_paths
 from .coco import CocoDetection
+from .image import read_rgb
 from .sampler import (InferenceBatchSampler, TrainBatchSampler, build_test_loader,
                       build_train_loader, collate)
 from .shapes import generate_shapes
@@ -13,8 +14,10 @@ __all__ = [
     "TrainBatchSampler",
     "build_dataset",
     "build_test_loader",
+    "check_files",
     "build_train_loader",
     "collate",
     "dataset_paths",
     "generate_shapes",
+    "read_rgb",
 ]

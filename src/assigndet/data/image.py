@@ -39,17 +39,17 @@ def has_alpha(im: Image.Image) -> bool:
     return im.mode in _ALPHA_MODES or (im.mode == "P" and "transparency" in im.info)
 
 
-def conversion(im: Image.Image) -> str:
-    """What :func:`to_rgb_array` does with ``im``'s mode, in words ("" when nothing: RGB)."""
+def conversion(im: Image.Image) -> tuple[str, str]:
+    """``(kind, what happens)`` of :func:`to_rgb_array` on ``im``'s mode; ``("", "")`` for RGB."""
     if im.mode == "RGB":
-        return ""
+        return "", ""
     if has_alpha(im):
-        return f"{im.mode} with transparency: composited on white"
+        return "transparency", f"{im.mode} with transparency: composited on white"
     if im.mode in ("L", "1"):
-        return f"grayscale ({im.mode}): gray value copied to R, G and B"
+        return "grayscale", f"grayscale ({im.mode}): gray value copied to R, G and B"
     if im.mode in _SIXTEEN_BIT:
-        return f"16-bit ({im.mode}): scaled to 8 bits (v / 257)"
-    return f"{im.mode}: converted to RGB by Pillow"
+        return "16-bit", f"16-bit ({im.mode}): scaled to 8 bits (v / 257)"
+    return im.mode, f"{im.mode}: converted to RGB by Pillow"
 
 
 def _composite_on_white(rgba: np.ndarray) -> np.ndarray:

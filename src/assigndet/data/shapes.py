@@ -45,6 +45,8 @@ SUPERSAMPLE = 3  # shapes are rasterised at 3x and box-filtered down (anti-alias
 MIN_CONTRAST = 60.0  # luminance difference between a shape's colour and the local background
 JPEG_QUALITY = 92
 _SPLIT_CODES = {"train": 0, "val": 1}
+DEFAULT_MIN_SIDE, DEFAULT_MAX_SIDE = 160, 320
+MIN_SIDE = 16  # the smallest image side generate_shapes accepts
 
 
 def _luma(rgb: np.ndarray) -> float:
@@ -258,7 +260,7 @@ def _write_split(out_dir: Path, split: str, num_images: int, *, seed: int, min_s
 
 
 def generate_shapes(out_dir: str | Path, *, num_train: int = 1000, num_val: int = 200, seed: int = 0,
-                    min_side: int = 160, max_side: int = 320, min_object: float = 8.0,
+                    min_side: int = DEFAULT_MIN_SIDE, max_side: int = DEFAULT_MAX_SIDE, min_object: float = 8.0,
                     max_object_frac: float = 0.8) -> dict:
     """Write the "shapes" detection dataset in COCO format under ``out_dir``.
 
@@ -279,10 +281,10 @@ def generate_shapes(out_dir: str | Path, *, num_train: int = 1000, num_val: int 
     Returns ``{"root", "categories", "train": {...}, "val": {...}}`` where each split holds
     ``image_root``, ``ann_file``, ``num_images`` and ``num_annotations``.
     """
-    if num_train < 0 or num_val < 0:
-        raise ValueError(f"num_train and num_val must be >= 0, got {num_train}, {num_val}")
-    if not 16 <= min_side <= max_side:
-        raise ValueError(f"need 16 <= min_side <= max_side, got {min_side}, {max_side}")
+    if num_train < 0 or num_val < 0 or seed < 0:
+        raise ValueError(f"num_train, num_val and seed must be >= 0, got {num_train}, {num_val}, {seed}")
+    if not MIN_SIDE <= min_side <= max_side:
+        raise ValueError(f"need {MIN_SIDE} <= min_side <= max_side, got {min_side}, {max_side}")
     if not 1 <= min_object < max_object_frac * min_side:
         raise ValueError(f"need 1 <= min_object < max_object_frac * min_side, got "
                          f"min_object={min_object}, max_object_frac={max_object_frac}")
@@ -305,8 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", type=int, default=1000, help="number of training images")
     parser.add_argument("--val", type=int, default=200, help="number of validation images")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--min-side", type=int, default=160)
-    parser.add_argument("--max-side", type=int, default=320)
+    parser.add_argument("--min-side", type=int, default=DEFAULT_MIN_SIDE)
+    parser.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE)
     args = parser.parse_args(argv)
     info = generate_shapes(args.out, num_train=args.train, num_val=args.val, seed=args.seed,
                            min_side=args.min_side, max_side=args.max_side)
