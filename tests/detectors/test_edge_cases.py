@@ -88,6 +88,7 @@ DEGENERATE = {
     "inverted": ([30.0, 10.0, 20.0, 40.0], "positive width and height"),
     "nan": ([10.0, float("nan"), 20.0, 40.0], "non-finite"),
     "inf": ([10.0, 10.0, float("inf"), 40.0], "non-finite"),
+    "empty_in_float32": ([10.0, 10.0, 10.0 + 1e-9, 40.0], "positive width and height"),  # float64 input
 }
 
 
@@ -97,7 +98,8 @@ def test_degenerate_boxes_are_refused_naming_image_and_box(arch, kind):
     box, reason = DEGENERATE[kind]
     m = tiny(arch).train()
     targets = targets_of("one_gt")
-    targets[1] = {"boxes": torch.tensor([[5.0, 5.0, 30.0, 30.0], box]), "labels": torch.tensor([0, 1]), "image_id": 7}
+    boxes = torch.tensor([[5.0, 5.0, 30.0, 30.0], box], dtype=torch.float64)
+    targets[1] = {"boxes": boxes, "labels": torch.tensor([0, 1]), "image_id": 7}
     with pytest.raises(TargetError, match=rf"image 7: box 1 .*{reason}"):
         m(images(), targets)
 
@@ -115,7 +117,8 @@ def test_malformed_targets_are_one_clear_error(bad, message):
 
 
 @pytest.mark.parametrize("bad, message", [
-    (torch.zeros(2, 3, 32, 32), "list of"),
+    (torch.zeros(3, 32, 32), r"list of .* got a tensor of shape \(3, 32, 32\)"),
+    ({"image": torch.zeros(3, 32, 32)}, "list of .* got dict"),
     ([torch.zeros(1, 32, 32)], r"image 0: expected a \(3, H, W\)"),
     ([torch.zeros(3, 0, 32)], "H, W > 0"),
     ([torch.zeros(3, 32, 32, dtype=torch.int32)], "uint8"),
@@ -139,3 +142,14 @@ def test_eval_scores_keep_their_graph_to_an_input_requiring_grad(arch):
     assert not m(plain)[0]["scores"].requires_grad
     with torch.no_grad():
         assert not m([x, plain[1]])[0]["scores"].requires_grad
+
+
+@pytest.mark.parametrize("arch", ["atss", "faster_rcnn"])
+def test_a_batch_tensor_is_taken_as_its_images(arch):
+    """As torchvision: one (B, 3, H, W) tensor = the list of its B images."""
+    m = tiny(arch, ["model.score_thresh=0.0"]).eval()
+    batch = torch.stack([images()[0]] * 2)  # (2, 3, 64, 80)
+    with torch.no_grad():
+        a, b = m(batch), m(list(batch))
+    for x, y in zip(a, b):
+        assert len(x["scores"]) > 0 and all(torch.equal(x[k], y[k]) for k in ("boxes", "scores", "labels"))

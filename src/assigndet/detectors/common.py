@@ -14,10 +14,11 @@ from ..variants import Convention
 
 # ------------------------------------------------------------------------------ inputs
 def check_images(images) -> None:
-    """The model's input: a list of (3, H, W) tensors with H, W > 0, uint8 or floating point
-    (an :class:`InputError` names the image)."""
-    if isinstance(images, Tensor) or not isinstance(images, (list, tuple)):
-        raise InputError(f"the model takes a list of (3, H, W) image tensors, got {type(images).__name__}")
+    """The model's input: a list of (3, H, W) tensors with H, W > 0, uint8 or floating point, or
+    one (B, 3, H, W) tensor as torchvision also takes (an :class:`InputError` names the image)."""
+    if (isinstance(images, Tensor) and images.dim() != 4) or not isinstance(images, (list, tuple, Tensor)):
+        kind = f"a tensor of shape {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
+        raise InputError(f"the model takes a list of (3, H, W) image tensors (or one (B, 3, H, W) tensor), got {kind}")
     for i, img in enumerate(images):
         if not isinstance(img, Tensor):
             raise InputError(f"image {i}: expected a tensor, got {type(img).__name__}")
@@ -56,7 +57,8 @@ def _check_target(t: dict, name: str, num_classes: int) -> None:
     if not bool(torch.isfinite(boxes).all()):
         j = int(torch.nonzero(~torch.isfinite(boxes).all(dim=1))[0])
         raise TargetError(f"{name}: box {j} has non-finite coordinates {boxes[j].tolist()}")
-    bad = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])  # (G,)
+    b = boxes.float()  # (G, 4) as the model sees them (float64 widths below float32's precision collapse)
+    bad = (b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])  # (G,)
     if bool(bad.any()):
         j = int(torch.nonzero(bad)[0])
         raise TargetError(f"{name}: box {j} {boxes[j].tolist()} has no positive width and height; every box needs "
