@@ -72,7 +72,9 @@ def to_rgb_array(im: Image.Image) -> np.ndarray:
 
 
 def unreadable_reason(e: BaseException) -> str:
-    """A short reason for one of :data:`DECODE_ERRORS`."""
+    """A short reason for one of :data:`DECODE_ERRORS` (without the path, which the caller names)."""
+    if isinstance(e, UnidentifiedImageError):
+        return "cannot identify image file (not a format Pillow reads)"
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
     return str(e) or type(e).__name__
