@@ -85,13 +85,18 @@ class AnchorGenerator(nn.Module):
     def forward(self, feature_sizes: list[tuple[int, int]]) -> tuple[Tensor, list[int]]:
         """All anchors (sum_l H_l W_l A, 4) and the number per level."""
         cells = self.cells()
+        if torch.compiler.is_exporting():  # symbolic sizes (torch.export, ONNX): no cache
+            return self._build(cells, feature_sizes)
         key = (tuple(feature_sizes), cells[0].device, cells[0].dtype)
         hit = self._cache.get(key)
         if hit is not None:
             return hit
-        per_level = [grid_anchors(c, s, h, w) for c, s, (h, w) in zip(cells, self.strides, feature_sizes)]
-        out = (torch.cat(per_level), [len(a) for a in per_level])
+        out = self._build(cells, feature_sizes)
         if len(self._cache) > 32:
             self._cache.clear()
         self._cache[key] = out
         return out
+
+    def _build(self, cells: list[Tensor], feature_sizes: list[tuple[int, int]]) -> tuple[Tensor, list[int]]:
+        per_level = [grid_anchors(c, s, h, w) for c, s, (h, w) in zip(cells, self.strides, feature_sizes)]
+        return torch.cat(per_level), [a.shape[0] for a in per_level]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms
+from torch.fx.experimental.symbolic_shapes import guard_or_true
+from torchvision.ops import batched_nms, nms
 
 from ..boxes import BoxCoder, clip_boxes
 from ..variants import Arch
@@ -18,15 +19,29 @@ def nms_with_offset(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold
     """
     if offset:
         boxes = torch.cat((boxes[:, :2], boxes[:, 2:] + offset), dim=1)
-    return batched_nms(boxes, scores, labels, iou_threshold)
+    return class_wise_nms(boxes, scores, labels, iou_threshold)
+
+
+def class_wise_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:
+    """torchvision's ``batched_nms``; while ``torch.export`` traces (the ONNX exporter too), its
+    coordinate trick without the size tests on the data: boxes of each class shifted apart by
+    (label x (max coordinate + 1)), one NMS (ONNX ``NonMaxSuppression``) -> kept indices by
+    decreasing score."""
+    if not torch.compiler.is_exporting():
+        return batched_nms(boxes, scores, labels, iou_threshold)
+    top = torch.cat((boxes.flatten(), boxes.new_zeros(1))).max()  # () also for no boxes
+    shifted = boxes + (labels.to(boxes) * (top + 1))[:, None]  # (N, 4)
+    return nms(shifted, scores, iou_threshold)
 
 
 def kth_value_top(scores: Tensor, k: int) -> Tensor:
-    """Mask keeping every score >= the k-th largest (can keep more than k on exact ties)."""
-    n = scores.numel()
-    if n <= k or k <= 0:
+    """Mask keeping every score >= the k-th largest (can keep more than k on exact ties); all of
+    them when there are at most k. Without a test on the count (exportable, ONNX ``TopK``): the
+    k-th largest of the scores padded with k times -inf."""
+    if k <= 0:
         return torch.ones_like(scores, dtype=torch.bool)
-    thresh = scores.kthvalue(n - k + 1).values
+    padded = torch.cat((scores, scores.new_full((k,), -torch.inf)))  # (n + k,)
+    thresh = padded.topk(k).values[k - 1]  # the k-th largest, -inf when n < k
     return scores >= thresh
 
 
@@ -67,8 +82,9 @@ def select_candidates(
         rank = p.flatten()[flat] * ql[flat // num_classes]  # (K,)
         if sqrt_rank:
             rank = rank.sqrt()
-        if flat.numel() > pre_nms_top_n:
-            flat = flat[rank.topk(pre_nms_top_n, sorted=False).indices]
+        # eager: top-k only above pre_nms_top_n; traced for export (count unknown): always, the same set
+        if guard_or_true(flat.numel() > pre_nms_top_n):
+            flat = flat[rank.topk(torch.sym_min(flat.numel(), pre_nms_top_n), sorted=False).indices]
         a = flat // num_classes + start
         c = flat % num_classes
         pq = probs[a, c] * q[a]
@@ -105,7 +121,7 @@ def dense_postprocess(
     )
     keep = nms_top_k(boxes, scores, labels, nms_thresh, detections_per_img, offset=offset)
     out_boxes = boxes[keep]
-    if score_voting and keep.numel() > 0:
+    if score_voting:
         out_boxes = vote_boxes(out_boxes, labels[keep], boxes, scores, labels, sigma=score_voting_sigma, offset=offset)
     return {"boxes": out_boxes, "scores": scores[keep], "labels": labels[keep]}
 

@@ -33,7 +33,8 @@ def score_voting(
     ``offset``; d itself is normally among the candidates):
     w_b = exp(−(1 − IoU(d, b))² / sigma) · s_b, and the new box is Σ w_b·b / Σ w_b, coordinate-wise.
     Scores and labels are not changed (the caller keeps them). A detection without any voting
-    candidate keeps its box.
+    candidate keeps its box (so does every detection when there is no candidate: no test on the
+    counts, the function exports).
 
     Args:
         det_boxes: (K, 4) detections after NMS and the top-k cut; det_labels: (K,).
@@ -44,9 +45,6 @@ def score_voting(
     Returns:
         (K, 4) voted boxes, in the dtype of ``det_boxes``.
     """
-    K, N = det_boxes.shape[0], cand_boxes.shape[0]
-    if K == 0 or N == 0:
-        return det_boxes.clone()
     iou = box_iou(det_boxes, cand_boxes.to(det_boxes.dtype), offset=offset)  # (K, N)
     votes = (det_labels[:, None] == cand_labels[None, :]) & (iou > VOTING_IOU_THRESHOLD)  # (K, N)
     w = torch.exp(-(1 - iou).square() / sigma) * cand_scores.to(iou.dtype)[None, :]  # (K, N)
