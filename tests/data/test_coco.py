@@ -297,6 +297,27 @@ def test_sampler_start_iter():
         assert take(resumed, 40 - k) == fresh[k:]
 
 
+def test_sampler_draws_scales_from_seed_and_iteration_same_in_any_number_of_ranks():
+    kw = dict(seed=3, hflip_prob=0.5, min_size_train=[64, 96])
+    single = take(TrainBatchSampler(GROUPS, batch_size_per_rank=4, **kw), 25)
+    assert all(len(item) == 3 and 64 <= item[2] <= 96 for b in single for item in b)
+    assert len({item[2] for b in single for item in b}) > 10
+    halves = [take(TrainBatchSampler(GROUPS, batch_size_per_rank=2, world_size=2, rank=r, **kw), 25) for r in (0, 1)]
+    assert [a + b for a, b in zip(*halves)] == single
+    assert take(TrainBatchSampler(GROUPS, batch_size_per_rank=4, start_iter=7, **kw), 18) == single[7:]
+    plain = take(TrainBatchSampler(GROUPS, batch_size_per_rank=4, seed=3, hflip_prob=0.5), 25)
+    assert [[(i, f) for i, f, _ in b] for b in single] == plain  # images and flips unchanged by the scales
+    assert take(TrainBatchSampler(GROUPS, batch_size_per_rank=4, seed=3, min_size_train=[80, 80]), 1)[0][0][2:] == ()
+
+
+def test_train_loader_puts_the_drawn_short_side_in_the_target(small_dataset):
+    loader = build_train_loader(small_dataset, batch_size_per_rank=2, num_workers=0, seed=4, min_size_train=[64, 96])
+    expected = TrainBatchSampler(small_dataset.group_ids, batch_size_per_rank=2, seed=4,
+                                 min_size_train=[64, 96]).global_batch(0)
+    _, targets = next(iter(loader))
+    assert [t["min_size"] for t in targets] == [s for _, _, s in expected]
+
+
 def test_sampler_bad_arguments():
     with pytest.raises(ValueError):
         TrainBatchSampler([], batch_size_per_rank=1)
@@ -304,6 +325,8 @@ def test_sampler_bad_arguments():
         TrainBatchSampler(GROUPS, batch_size_per_rank=2, world_size=2, rank=2)
     with pytest.raises(ValueError):
         TrainBatchSampler(GROUPS, batch_size_per_rank=2, hflip_prob=1.5)
+    with pytest.raises(ValueError, match="min_size_train"):
+        TrainBatchSampler(GROUPS, batch_size_per_rank=2, min_size_train=[96, 64])
 
 
 # --------------------------------------------------------------------------- loaders
