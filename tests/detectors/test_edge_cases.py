@@ -64,7 +64,8 @@ def targets_of(case):
     out = []
     for i, boxes in enumerate(CASES[case]):
         b = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
-        out.append({"boxes": b, "labels": torch.arange(len(b)) % 3, "image_id": 100 + i})
+        labels = torch.arange(len(b)) % 3 if len(b) else torch.tensor([])  # empty: float, as torch.tensor([]) is
+        out.append({"boxes": b, "labels": labels, "image_id": 100 + i})
     return out
 
 
@@ -109,6 +110,7 @@ def test_degenerate_boxes_are_refused_naming_image_and_box(arch, kind):
     ({"boxes": torch.tensor([[1.0, 2.0, 3.0, 4.0]]), "labels": torch.tensor([0.0])}, "integer"),
     ({"boxes": torch.zeros(1, 5), "labels": torch.tensor([0])}, r"\(G, 4\)"),
     ({"labels": torch.tensor([0])}, "needs 'boxes' and 'labels'"),
+    ({"boxes": torch.tensor([[1.0, 2.0, 3.0, 4.0]]), "labels": torch.tensor([3])}, "box 0 has label 3; .* below 3"),
 ])
 def test_malformed_targets_are_one_clear_error(bad, message):
     m = tiny("faster_rcnn").train()

@@ -39,7 +39,8 @@ def check_targets(targets: list[dict] | None, num_images: int, num_classes: int,
     if len(targets) != num_images:
         raise TargetError(f"got {num_images} images but {len(targets)} targets")
     for i, t in enumerate(targets):
-        _check_target(t, f"image {t.get('image_id', i) if isinstance(t, dict) else i}", num_classes)
+        image_id = t.get("image_id", i) if isinstance(t, dict) else i
+        _check_target(t, f"image {image_id.tolist() if isinstance(image_id, Tensor) else image_id}", num_classes)
 
 
 def _check_target(t: dict, name: str, num_classes: int) -> None:
@@ -50,10 +51,10 @@ def _check_target(t: dict, name: str, num_classes: int) -> None:
         raise TargetError(f"{name}: 'boxes' and 'labels' must be tensors")
     if boxes.dim() != 2 or boxes.shape[1] != 4 or labels.shape != boxes.shape[:1]:
         raise TargetError(f"{name}: boxes must be (G, 4) and labels (G,), got {tuple(boxes.shape)} and {tuple(labels.shape)}")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TargetError(f"{name}: labels must be an integer tensor, got {labels.dtype}")
     if not boxes.numel():
         return
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TargetError(f"{name}: labels must be an integer tensor, got {labels.dtype}")
     if not bool(torch.isfinite(boxes).all()):
         j = int(torch.nonzero(~torch.isfinite(boxes).all(dim=1))[0])
         raise TargetError(f"{name}: box {j} has non-finite coordinates {boxes[j].tolist()}")
@@ -63,8 +64,11 @@ def _check_target(t: dict, name: str, num_classes: int) -> None:
         j = int(torch.nonzero(bad)[0])
         raise TargetError(f"{name}: box {j} {boxes[j].tolist()} has no positive width and height; every box needs "
                           f"x2 > x1 and y2 > y1 (as torchvision requires: drop empty boxes before the model)")
-    if labels.numel() and bool(((labels < 0) | (labels >= num_classes)).any()):
-        raise TargetError(f"{name}: labels must be 0-based class indices below {num_classes}")
+    out = (labels < 0) | (labels >= num_classes)  # (G,)
+    if bool(out.any()):
+        j = int(torch.nonzero(out)[0])
+        raise TargetError(f"{name}: box {j} has label {int(labels[j])}; labels must be 0-based class indices "
+                          f"below {num_classes}")
 
 
 def graph_to_images(images: list[Tensor]) -> bool:
@@ -121,7 +125,7 @@ def gather_targets(matched: Tensor, targets: list[dict], num_classes: int) -> tu
     """Class label per anchor (B, A) (``num_classes`` = background) and matched GT box per anchor
     (B, A, 4) (zeros for background) from per-image matches (B, A)."""
     dev = matched.device
-    all_labels = torch.cat([t["labels"].to(dev) for t in targets]
+    all_labels = torch.cat([t["labels"].to(dev, torch.int64) for t in targets]
                            + [torch.full((1,), num_classes, device=dev, dtype=torch.int64)])
     return all_labels[_gt_index(matched, targets)], gather_boxes(matched, targets)
 
