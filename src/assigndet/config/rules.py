@@ -61,7 +61,7 @@ RULES: dict[str, tuple[str, list[Rule]]] = {
         Rule("pixel_mean", lambda v: len(v) == 3, "needs 3 values"),
         Rule("pixel_std", lambda v: len(v) == 3 and all(x > 0 for x in v), "needs 3 values > 0")]),
     "TTAConfig": ("model.tta", [
-        Rule("scales", _all_positive, "must be sizes > 0"), Rule("max_size", _positive, GT0),
+        Rule("scales", lambda v: all(x > 0 for x in v), "must be sizes > 0 (empty: the test size alone)"), Rule("max_size", _positive, GT0),
         Rule("scale_ranges", lambda v: all(len(r) == 2 and 0 <= r[0] < r[1] for r in v), "must be [lo, hi] pairs"),
         Rule("vote_thresh", _fraction, FRAC), Rule("detections_per_img", _positive, GT0)]),
     "IoUNetConfig": ("model.rcnn.iounet", [
