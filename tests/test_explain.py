@@ -122,15 +122,25 @@ def _image(shapes):
 
 def test_boxes_file_in_corner_and_coco_form_with_class_names(shapes, tmp_path, capsys):
     boxes = tmp_path / "boxes.json"
-    boxes.write_text(json.dumps([{"box": [10, 12, 60, 70], "label": "star"}, {"bbox": [80, 40, 30, 20], "label": 2}]))
+    boxes.write_text(json.dumps({"boxes": [{"box": [10, 12, 60, 70], "label": "star"},
+                                           {"bbox": [80, 40, 30, 20], "label": 2},
+                                           {"box": [30, 30, 31.5, 31.5]}]}))  # tiny, inside the first: label 0
     out = tmp_path / "out"
     rc, err = _run(capsys, _image(shapes), "--boxes", str(boxes), "--out", str(out), f"data.root={shapes}")
     assert rc == 0, err
     report = json.loads((out / "explain.json").read_text())
-    assert [g["box_image"] for g in report["gts"]] == [[10, 12, 60, 70], [80, 40, 109, 59]]  # offset 1: x + w - 1
+    # offset 1: x2 = x + w - 1
+    assert [g["box_image"] for g in report["gts"]] == [[10, 12, 60, 70], [80, 40, 109, 59], [30, 30, 31.5, 31.5]]
     # class names from the config's validation annotations: circle, rectangle, triangle, star, ...
-    assert [g["label"] for g in report["gts"]] == [3, 2]
-    assert [g["class_name"] for g in report["gts"]] == ["star", "triangle"]
+    assert [g["label"] for g in report["gts"]] == [3, 2, 0]
+    assert [g["class_name"] for g in report["gts"]] == ["star", "triangle", "circle"]
+    for g in report["gts"]:  # a positive is a candidate above the threshold with its centre inside the GT
+        for m in ("atss", "dynamic_atss"):
+            r = g[m]
+            ok = {a for a, up, inside in zip(r["candidates"], r["candidate_above_threshold"],
+                                             r["candidate_centre_inside"]) if up and inside}
+            assert set(r["positive_anchors"]) <= ok
+    assert sorted(report["figures"].values()) == sorted(p.name for p in out.glob("*.png"))
 
 
 @pytest.mark.parametrize("content, words", [

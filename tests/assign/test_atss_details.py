@@ -50,6 +50,11 @@ def test_atss_details_match_the_assignment_and_a_loop_over_gts():
             marked = d.candidate_idxs[:, g][d.is_positive[:, g]].tolist()
             assert set(final) <= set(marked)
             assert all(float(ious[a, g]) >= float(d.threshold[g]) for a in marked)
+            assert torch.equal(d.is_positive[:, g], d.above_threshold[:, g] & d.inside[:, g])
+            assert torch.equal(d.above_threshold[:, g], ious[d.candidate_idxs[:, g], g] >= d.threshold[g])
+            ctr = (anchors[d.candidate_idxs[:, g], :2] + anchors[d.candidate_idxs[:, g], 2:]) / 2  # (K, 2)
+            margin = torch.cat([ctr - gts[g, :2], gts[g, 2:] - ctr], 1).amin(1)  # (K,)
+            assert torch.equal(d.inside[:, g], margin > 0.01)
 
 
 def test_atss_details_without_gts_are_empty():

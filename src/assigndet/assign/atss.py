@@ -69,18 +69,19 @@ def atss_select(quality: Tensor, cand: Tensor, thresh: Tensor, anchor_centers: T
 
     quality (A, G); cand (K, G) anchor indices; thresh (G,); anchor_centers (A, 2); gt_boxes (G, 4).
     """
-    return _resolve(quality, cand, _candidate_positive(quality, cand, thresh, anchor_centers, gt_boxes))
+    above, inside = _above_and_inside(quality, cand, thresh, anchor_centers, gt_boxes)
+    return _resolve(quality, cand, above & inside)
 
 
-def _candidate_positive(quality: Tensor, cand: Tensor, thresh: Tensor, anchor_centers: Tensor,
-                        gt_boxes: Tensor) -> Tensor:
-    """(K, G) bool: the candidate's quality >= the GT's threshold and its centre inside the GT."""
+def _above_and_inside(quality: Tensor, cand: Tensor, thresh: Tensor, anchor_centers: Tensor,
+                      gt_boxes: Tensor) -> tuple[Tensor, Tensor]:
+    """(K, G) bool each: the candidate's quality >= the GT's threshold; its centre inside the GT."""
     num_gts = gt_boxes.shape[0]
-    is_pos = quality.gather(0, cand) >= thresh[None, :]  # (K, G)
+    above = quality.gather(0, cand) >= thresh[None, :]  # (K, G)
     gt_idx = torch.arange(num_gts, device=quality.device).expand_as(cand)  # (K, G)
     # centre inside its GT: per (candidate, GT) pair
     inside = pair_inside(anchor_centers[cand.reshape(-1)], gt_boxes[gt_idx.reshape(-1)])  # (K*G,)
-    return is_pos & inside.view_as(is_pos)
+    return above, inside.view_as(above)
 
 
 def _resolve(quality: Tensor, cand: Tensor, is_pos: Tensor) -> Tensor:
@@ -110,7 +111,9 @@ class ATSSDetails(NamedTuple):
     means: Tensor  # (M, G) per metric
     stds: Tensor  # (M, G) per metric, unbiased
     threshold: Tensor  # (G,) sum of the means and stds
-    is_positive: Tensor  # (K, G) bool, quality >= threshold and centre inside (before the several-GT rule)
+    above_threshold: Tensor  # (K, G) bool, quality >= threshold
+    inside: Tensor  # (K, G) bool, anchor centre inside the GT by more than 0.01
+    is_positive: Tensor  # (K, G) bool, both (before the several-GT rule: ``matched`` has the final say)
 
 
 def empty_details(matched: Tensor, num_gts: int, num_metrics: int, dtype: torch.dtype) -> ATSSDetails:
@@ -120,7 +123,7 @@ def empty_details(matched: Tensor, num_gts: int, num_metrics: int, dtype: torch.
     val = torch.zeros(0, num_gts, dtype=dtype, device=dev)  # (0, G)
     stat = torch.full((num_metrics, num_gts), torch.nan, dtype=dtype, device=dev)  # (M, G)
     return ATSSDetails(matched, idx, idx.new_zeros(0), val, (val,) * num_metrics, stat, stat.clone(),
-                       stat[0].clone(), idx.bool())
+                       stat[0].clone(), idx.bool(), idx.bool(), idx.bool())
 
 
 def atss_select_details(quality: Tensor, cand: Tensor, metrics: tuple[Tensor, ...], anchor_centers: Tensor,
@@ -129,10 +132,11 @@ def atss_select_details(quality: Tensor, cand: Tensor, metrics: tuple[Tensor, ..
     keeping every intermediate; the same operations in the same order (identical results)."""
     means, stds = candidate_stats(*metrics)
     thresh = _threshold_of(means, stds)  # (G,)
-    is_pos = _candidate_positive(quality, cand, thresh, anchor_centers, gt_boxes)  # (K, G)
+    above, inside = _above_and_inside(quality, cand, thresh, anchor_centers, gt_boxes)  # (K, G)
+    is_pos = above & inside
     matched = _resolve(quality, cand, is_pos)  # (A,)
     return ATSSDetails(matched, cand, levels, quality.gather(0, cand), tuple(metrics), torch.stack(means),
-                       torch.stack(stds), thresh, is_pos)
+                       torch.stack(stds), thresh, above, inside, is_pos)
 
 
 @torch.no_grad()

@@ -1,6 +1,7 @@
 """``explain``: which anchors ATSS, PAA and Dynamic ATSS make positive for each box of one image."""
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
@@ -10,6 +11,23 @@ from .browse import SPLITS, dataset_files
 from .common import check_weights_file
 
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """The explain parser takes options and positionals in any order (``PRESET --weights W IMAGE
+    --boxes JSON``), by argparse's intermixed parsing; that parsing calls ``parse_known_args`` itself
+    (twice), which then is the plain one."""
+
+    _nested = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._nested:
+            return super().parse_known_args(args, namespace)
+        self._nested = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._nested = False
 
 
 def _check_source(args) -> None:
@@ -77,3 +95,4 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output directory (index.html, explain.json, PNG figures)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. model.topk=12")
     p.set_defaults(func=cmd_explain)
+    p.__class__ = _IntermixedParser  # the subparser argparse made, parsing intermixed

@@ -98,11 +98,17 @@ def _positives(matched: Tensor, g: int, h: HeadOutputs, levels: Tensor) -> dict[
             "positive_anchors": idx.tolist(), "positive_boxes": [[round(float(v), 2) for v in b] for b in h.anchors[idx]]}
 
 
+def _selection(d, g: int) -> dict[str, list[bool]]:
+    """Per candidate of GT g: above the threshold, centre inside the GT, both (ATSS's tail)."""
+    return {"candidate_above_threshold": d.above_threshold[:, g].tolist(),
+            "candidate_centre_inside": d.inside[:, g].tolist(), "candidate_positive": d.is_positive[:, g].tolist()}
+
+
 def _atss_record(d, g: int, h: HeadOutputs, levels: Tensor) -> dict[str, Any]:
     rec = _positives(d.matched, g, h, levels)
     rec.update({
         "candidates": d.candidate_idxs[:, g].tolist(), "candidate_levels": d.candidate_levels.tolist(),
-        "candidate_iou": [float(v) for v in d.metrics[0][:, g]], "candidate_positive": d.is_positive[:, g].tolist(),
+        "candidate_iou": [float(v) for v in d.metrics[0][:, g]], **_selection(d, g),
         "iou_mean": _num(d.means[0, g]), "iou_std": _num(d.stds[0, g]), "threshold": _num(d.threshold[g])})
     return rec
 
@@ -115,7 +121,7 @@ def _dynamic_record(d, g: int, h: HeadOutputs, levels: Tensor) -> dict[str, Any]
         "candidate_combined_iou": [float(v) for v in a.quality[:, g]],
         "candidate_pred_iou": [float(v) for v in a.metrics[0][:, g]],
         "candidate_anchor_iou": [float(v) for v in a.metrics[1][:, g]],
-        "candidate_positive": a.is_positive[:, g].tolist(),
+        **_selection(a, g),
         "pred_iou_mean": _num(a.means[0, g]), "anchor_iou_mean": _num(a.means[1, g]),
         "pred_iou_std": _num(a.stds[0, g]), "anchor_iou_std": _num(a.stds[1, g]), "threshold": _num(a.threshold[g])})
     return rec

@@ -106,13 +106,22 @@ def _levels_panel(ax, rec: dict, levels: list[str]) -> None:
 
 def _candidates_panel(ax, values: list[float], rec: dict, threshold, ylabel: str, extra: str,
                       levels: list[str]) -> None:
-    """Candidate values by level (positives filled in their level colour) and the threshold."""
+    """Candidate values by level and the threshold: the GT's final positives filled in their level
+    colour; above the threshold but centre outside the GT, or won by another GT, marked apart."""
     lv = np.asarray(rec["candidate_levels"], dtype=np.int64)
     v = np.asarray(values, dtype=np.float64)
-    ok = np.asarray(rec["candidate_positive"], dtype=bool)
-    jitter = (np.arange(len(v)) % 9 - 4) * 0.06
-    ax.scatter(lv[~ok] + jitter[~ok], v[~ok], s=16, facecolors="none", edgecolors="0.5", label="candidate")
-    ax.scatter(lv[ok] + jitter[ok], v[ok], s=20, c=[_LEVEL_COLORS(i % 9) for i in lv[ok]], label="above threshold")
+    final = np.isin(np.asarray(rec["candidates"], dtype=np.int64), np.asarray(rec["positive_anchors"], dtype=np.int64))
+    above = np.asarray(rec["candidate_above_threshold"], dtype=bool)
+    outside = above & ~np.asarray(rec["candidate_centre_inside"], dtype=bool)
+    taken = np.asarray(rec["candidate_positive"], dtype=bool) & ~final
+    x = lv + (np.arange(len(v)) % 9 - 4) * 0.06  # jittered level
+    rest = ~(final | outside | taken)
+    ax.scatter(x[rest], v[rest], s=16, facecolors="none", edgecolors="0.5", label="candidate")
+    ax.scatter(x[final], v[final], s=22, c=[_LEVEL_COLORS(i % 9) for i in lv[final]], label="positive")
+    if outside.any():
+        ax.scatter(x[outside], v[outside], s=26, marker="x", color="black", label="centre outside the GT")
+    if taken.any():
+        ax.scatter(x[taken], v[taken], s=26, marker="^", color="0.3", label="positive for another GT")
     if threshold is not None:
         ax.axhline(threshold, color="red", lw=1.2, label=f"threshold {threshold:.3f}")
     ax.set_ylabel(ylabel)
