@@ -183,7 +183,7 @@ REAL_TINY = ["model.backbone.depth=18", "model.backbone.base_width=8", "model.fp
 
 
 def test_two_runs_with_the_same_seed_and_threads_give_identical_losses_and_ap(shapes, tmp_path, capsys):
-    """The real detector (multi-scale training, BatchNorm-free tiny ResNet), one thread."""
+    """The real detector (multi-scale training, BatchNorm backbone, GroupNorm head), one thread."""
     for name in ("a", "b"):
         assert main(["train", DEMO_PRESET, "--out", str(tmp_path / name), "--no-progress", f"data.root={shapes}",
                      *REAL_TINY]) == 0

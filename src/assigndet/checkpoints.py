@@ -208,9 +208,9 @@ def _check_trained_for(meta: Mapping[str, str], model: torch.nn.Module, path: Pa
     want_arch, want_classes = str(cfg.arch), int(cfg.num_classes)
     other_classes = classes != want_classes and not getattr(cfg, "reinit_classifier", False)
     if arch != want_arch or other_classes:
-        raise CheckpointError(f"{path} holds a {arch} detector for {classes} classes but the preset/config builds a "
-                              f"{want_arch} detector for {want_classes} classes: use the preset it was trained with "
-                              "(its config.yaml), or model.reinit_classifier=true to fine-tune another class count")
+        raise CheckpointError(f"{path} holds weights of model.arch={arch} with {classes} classes but the preset/config "
+                              f"builds model.arch={want_arch} with {want_classes} classes: use the preset it was trained "
+                              "with (its config.yaml), or model.reinit_classifier=true to fine-tune another class count")
 
 
 def _released_layout(model: torch.nn.Module, layout: str, is_pth: bool) -> str:
@@ -314,8 +314,9 @@ def save_checkpoint(output_dir: str | os.PathLike, name: str, *, model: torch.nn
         if isinstance(e, UserError):
             pointer = out / LAST_CHECKPOINT
             prev = pointer.read_text().strip() if pointer.is_file() else ""
-            kept = f"last_checkpoint still names {prev}, which is intact" if prev else "no earlier checkpoint"
-            raise CheckpointError(f"checkpoint {name} not saved: {e}; {kept}") from e
+            kept = f"last_checkpoint still names {prev}, which is intact" if prev else "there is no earlier checkpoint"
+            raise CheckpointError(f"checkpoint {name} not saved: {e}; {kept} (continue with --resume once the cause "
+                                  "is fixed)") from e
         raise
     return weights
 

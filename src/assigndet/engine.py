@@ -19,7 +19,6 @@ Any other exception after the first iteration first saves an emergency checkpoin
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import signal
@@ -47,7 +46,6 @@ from .utils import (all_gather_object, barrier, get_rank, get_rng_state, get_wor
                     resolve_device, seed_everything, set_deterministic, status, to_device)
 
 CONFIG_FILE = runs.CONFIG_FILE
-logger = logging.getLogger("assigndet")
 
 #: the model builder :func:`train` uses unless given another ``build_model_fn``
 default_build_model = build_model
@@ -230,8 +228,7 @@ def _save_checkpoint(run: _Run, iteration: int, name: str) -> Optional[Path]:
     barrier()  # nobody leaves (or gets killed by torchrun) before the checkpoint is complete
     run.busy = ""
     if run.main:
-        for old in runs.prune_checkpoints(run.out, run.cfg.solver.keep_last):
-            logger.info("deleted %s (solver.keep_last=%d)", old, run.cfg.solver.keep_last)
+        runs.prune_checkpoints(run.out, run.cfg.solver.keep_last)
     return path
 
 
@@ -243,6 +240,10 @@ def _write_checkpoint(run: _Run, iteration: int, name: str, rngs: list[Any]) -> 
                                metadata={**run.meta, "iteration": str(iteration)})
 
 
+_NO_EMERGENCY = {"update": "the failure came while the weights were being updated",
+                 "save": "the failure came while a checkpoint was being saved"}
+
+
 def _emergency_save(run: _Run, done: int, error: BaseException) -> None:
     """After ``error`` at iteration ``done`` (> the start): rank 0 saves ``model_emergency_N``
     (no collective: the other processes may be gone) and points ``last_checkpoint`` at it, so
@@ -250,7 +251,8 @@ def _emergency_save(run: _Run, done: int, error: BaseException) -> None:
     if not run.main:
         return
     if run.busy or isinstance(error, FloatingPointError):  # no consistent state / a NaN would come back
-        run.say(f"no emergency checkpoint ({run.busy or 'non-finite loss'}); last_checkpoint is unchanged")
+        why = _NO_EMERGENCY.get(run.busy, "a non-finite loss would come back on resume")
+        run.say(f"no emergency checkpoint ({why}); last_checkpoint is unchanged")
         return
     name = runs.emergency_name(done)
     try:
@@ -327,7 +329,7 @@ def _resume(run: _Run) -> tuple[int, Optional[Path]]:
     if run.changes is None:
         return 0, None
     start_iter, path = runs.resume(run.out, run.trainables, run.rank, run.world, run.say)
-    if run.main:
+    if run.main and (run.changes or start_iter < run.cfg.solver.max_iter):  # a finished run re-opened: no entry
         runs.record_resume(run.out, start_iter, run.changes, run.say)
     return start_iter, path
 

@@ -10,7 +10,8 @@ Files of a run besides those of :mod:`assigndet.checkpoints`, :mod:`assigndet.mo
                    ``resume_history``: one entry per resume (``iteration``, ``time``,
                    ``changes``: ``{key: [old, new]}``)
 
-Only :mod:`assigndet.engine` (and the command line above it) builds on this module.
+Layer: above :mod:`assigndet.evaluation` and :mod:`assigndet.monitor` (whose file names it
+knows), below :mod:`assigndet.engine` and the command line, which build on it.
 """
 from __future__ import annotations
 
@@ -28,18 +29,20 @@ from omegaconf import OmegaConf
 from . import checkpoints as ck
 from .config import Config, apply_overrides, config_from_yaml, config_to_yaml
 from .errors import CheckpointError, ConfigError
-from .utils import atomic_write_text, remove_stale_tmp, set_rng_state
+from .evaluation import DETECTIONS_FILE, EVAL_FILE, EVAL_HISTORY_FILE, PR_CURVES_FILE, RUN_CONFIG_FILE
+from .monitor import METRICS_FILE
+from .utils import TMP_GLOB, atomic_write_text, remove_stale_tmp, set_rng_state
 
-CONFIG_FILE = "config.yaml"
+CONFIG_FILE = RUN_CONFIG_FILE
 RUN_FILE = "run.json"
 #: the settings that may change when a run is resumed; every other one is the saved run's
 RESUMABLE_KEYS = ("solver.max_iter", "solver.checkpoint_period", "solver.eval_period", "solver.log_period",
                   "solver.keep_last", "data.num_workers", "test.num_workers", "device")
 #: a directory holding one of these holds a run
-RUN_MARKERS = (CONFIG_FILE, RUN_FILE, ck.LAST_CHECKPOINT, "metrics.jsonl", "model_*.safetensors")
+RUN_MARKERS = (CONFIG_FILE, RUN_FILE, ck.LAST_CHECKPOINT, METRICS_FILE, f"model_*{ck.WEIGHTS_SUFFIX}")
 #: the files a run writes: what ``overwrite=True`` deletes (nothing else in the directory is touched)
-RUN_OUTPUTS = (*RUN_MARKERS, "model_*.state.pt", "eval.json", "eval_history.jsonl", "detections.json",
-               "loss_curve.png", ".*.tmp", "tensorboard/events.out.tfevents.*", "predictions/*.png")
+RUN_OUTPUTS = (*RUN_MARKERS, f"model_*{ck.STATE_SUFFIX}", EVAL_FILE, EVAL_HISTORY_FILE, DETECTIONS_FILE, PR_CURVES_FILE,
+               "loss_curve.png", TMP_GLOB, "tensorboard/events.out.tfevents.*", "predictions/*.png")
 _PERIODIC = re.compile(r"^model_(\d{7})" + re.escape(ck.WEIGHTS_SUFFIX) + "$")
 _ANY_CKPT = re.compile(r"^model_(?:emergency_)?(\d{7})" + re.escape(ck.WEIGHTS_SUFFIX) + "$")
 Say = Callable[[str], None]
@@ -187,13 +190,18 @@ def _iteration_of(name: str) -> int:
     return int(m.group(1)) if m else 1 << 62  # model_final: the last one
 
 
+def _pointer(out: Path) -> str:
+    """The file name ``last_checkpoint`` holds ("" when there is none)."""
+    pointer = out / ck.LAST_CHECKPOINT
+    return pointer.read_text().strip() if pointer.is_file() else ""
+
+
 def checkpoint_candidates(out: Path) -> list[Path]:
     """The complete-looking checkpoints of ``out`` (weights + training state) to resume from, in
     order: the one ``last_checkpoint`` names, then the others, newest iteration first."""
     found = [p for p in out.glob(f"model_*{ck.WEIGHTS_SUFFIX}") if ck.state_path_for(p).is_file()]
     found.sort(key=lambda p: (_iteration_of(p.name), p.stat().st_mtime), reverse=True)
-    pointer = out / ck.LAST_CHECKPOINT
-    named = pointer.read_text().strip() if pointer.is_file() else ""
+    named = _pointer(out)
     first = [p for p in found if p.name == named]
     return first + [p for p in found if p.name != named]
 
@@ -256,8 +264,7 @@ def prune_checkpoints(out: Path, keep_last: int) -> list[str]:
     """Delete periodic checkpoints (``model_NNNNNNN``) beyond the newest ``keep_last`` (>= 1, the
     config checks it); the final, emergency and ``last_checkpoint`` ones always stay. Returns the
     names removed."""
-    pointer = out / ck.LAST_CHECKPOINT
-    named = pointer.read_text().strip() if pointer.is_file() else ""
+    named = _pointer(out)
     periodic = sorted((p for p in out.glob(f"model_*{ck.WEIGHTS_SUFFIX}") if _PERIODIC.match(p.name)),
                       key=lambda p: _iteration_of(p.name), reverse=True)
     removed = []

@@ -176,7 +176,7 @@ def _write_error(path: Path, e: OSError, needed: Optional[int]) -> UserError:
         size = f"{_size(needed)} needed, " if needed else ""
         have = f"{_size(free)} free" if free is not None else "free space unknown"
         return UserError(f"no space left on the device of {path.parent} while writing {path.name} ({size}{have}); "
-                         f"{path.name} was left as it was: free some space and run again")
+                         "nothing was replaced")
     return UserError(f"cannot write {path}: {e.strerror or e}")
 
 

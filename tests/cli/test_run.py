@@ -109,10 +109,10 @@ def test_eval_refuses_weights_of_another_architecture_or_class_count(atss_weight
     assert main(["eval", "dynamic_atss_R_18_shapes", "--weights", str(atss_weights), f"data.root={shapes}",
                  *TINY_REAL]) == 2
     line = _error_line(capsys)
-    assert str(atss_weights) in line and "a atss detector for 7 classes" in line and "dynamic_atss detector" in line
+    assert str(atss_weights) in line and "model.arch=atss with 7 classes" in line and "model.arch=dynamic_atss" in line
     assert main(["eval", DEMO_PRESET, "--weights", str(atss_weights), f"data.root={shapes}", *TINY_REAL,
                  "model.num_classes=3"]) == 2
-    assert "for 7 classes but the preset/config builds a atss detector for 3 classes" in _error_line(capsys)
+    assert "atss with 7 classes but the preset/config builds model.arch=atss with 3 classes" in _error_line(capsys)
 
 
 def test_predict_over_a_folder_skips_an_unreadable_file_and_writes_the_rest(atss_weights, shapes, tmp_path, capsys):
