@@ -36,11 +36,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # checkpoints, viz, utils) inside its function, so that `assigndet --help` / `presets` stay fast
 # and OMP_WAIT_POLICY is set before torch loads. There is no import cycle to dodge.
 from ..errors import InputError, UserError  # noqa: E402
-from . import browse, explain, plot, run, tools  # noqa: E402
+from . import benchmark, browse, explain, export, plot, run, tools  # noqa: E402
 from .common import DEMO_PRESET  # noqa: E402
 
 #: the command modules, each with ``register(subparsers)``, in the order of ``--help``
-COMMAND_MODULES = (run, tools, plot, browse, explain)
+COMMAND_MODULES = (run, tools, plot, browse, explain, benchmark, export)
 #: what the command line reports as one line with exit code 2
 USER_ERRORS = (UserError, FileNotFoundError)
 
