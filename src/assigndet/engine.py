@@ -1,20 +1,19 @@
 """Iteration-based training (one process or ``torchrun``), with periodic checkpoints and evaluation.
 
-The engine knows only the detector contract (torchvision's): in train mode
-``model(images, targets)`` returns a dict of named scalar losses (total = their sum), in eval
-mode ``model(images)`` returns ``list[dict(boxes, scores, labels)]`` in original-image pixels with
-0-based labels. Files written into the output directory (rank 0): ``config.yaml`` and
+The engine knows only the detector contract (torchvision's): ``model(images, targets)`` returns a
+dict of named losses (total = their sum) in train mode. Files written into the output directory (rank 0): ``config.yaml`` and
 ``run.json`` (:mod:`assigndet.runs`); ``metrics.jsonl`` (one JSON object per logged iteration:
 ``iteration`` (0-based), each loss, ``total``, ``lr`` (non-bias group), ``time``, ``data_time``;
 losses are means over all processes) and ``tensorboard/``; ``model_XXXXXXX.*``,
 ``model_final.*``, ``last_checkpoint`` (:mod:`assigndet.checkpoints`); ``detections.json``,
 ``eval.json``, ``eval_history.jsonl`` (:func:`assigndet.evaluation.evaluate`).
 
+``metrics.jsonl`` also holds the assignment statistics of the dense detectors (``assign/...``) and
+the run's plots are written at the end (:func:`assigndet.viz.write_run_plots`).
+
 Signals: SIGINT/SIGTERM set a flag; the loop finishes the current iteration, saves a checkpoint,
-and :func:`train` returns a result with ``interrupted=True`` and ``exit_code = 128 + signal``
-(130 SIGINT, 143 SIGTERM; 0 = finished, 1 = crash, 2 = user error); ``train(..., resume=True)``
-then continues exactly where it stopped. A second SIGINT raises ``KeyboardInterrupt`` at once.
-Any other exception after the first iteration first saves an emergency checkpoint.
+and :func:`train` returns ``interrupted=True``, ``exit_code = 128 + signal``; ``resume=True`` then
+continues exactly. Any other exception after the first iteration first saves an emergency checkpoint.
 """
 from __future__ import annotations
 
@@ -22,7 +21,6 @@ import json
 import math
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,7 @@ from . import runs
 from .config import Config, ModelConfig, config_to_yaml
 from .data import CocoDetection, build_dataset, build_train_loader, dataset_paths
 from .detectors import build_model
+from .detectors.assignment_stats import assignment_stats
 from .errors import ConfigError
 from .evaluation import DETECTIONS_FILE, EVAL_FILE, EVAL_HISTORY_FILE, evaluate, inference
 from .monitor import METRICS_FILE, MetricsLog, Progress, StopFlag
@@ -44,6 +43,7 @@ from .solver import (WarmupMultiStepLR, apply_step, autocast, backward, build_op
                      lr_factor, reduce_losses, scaled_lr, validate_solver)
 from .utils import (all_gather_object, barrier, get_rank, get_rng_state, get_world_size, init_distributed, is_dist,
                     resolve_device, seed_everything, set_deterministic, status, to_device)
+from .viz import write_run_plots
 
 CONFIG_FILE = runs.CONFIG_FILE
 
@@ -86,8 +86,7 @@ class TrainResult:
 
     @property
     def exit_code(self) -> int:
-        """0 when training finished; ``128 + signal`` (130 SIGINT, 143 SIGTERM) when it was
-        stopped by a signal after saving a checkpoint."""
+        """0: finished; ``128 + signal`` (130 SIGINT, 143 SIGTERM): stopped after saving a checkpoint."""
         return 128 + int(self.signal) if self.interrupted and self.signal else 0
 
 
@@ -117,8 +116,7 @@ class _Run:
     def main(self) -> bool:
         return self.rank == 0
 
-    def say(self, msg: str) -> None:
-        """A status line on stderr, from rank 0."""
+    def say(self, msg: str) -> None:  # a status line on stderr, from rank 0
         status(msg)
 
     @property
@@ -167,10 +165,9 @@ def _setup(cfg: Config, out: Path, resume: bool, overwrite: bool, preset: Option
     optimizer = build_optimizer(model, cfg.solver)
     meta = {"class_names": json.dumps(list(dataset.class_names)),
             "category_ids": json.dumps([int(c) for c in dataset.category_ids]), "config": config_to_yaml(cfg)}
-    run = _Run(cfg=cfg, out=out, device=device, rank=rank, world=world, per_rank=per_rank, dataset=dataset,
-               model=model, optimizer=optimizer, scheduler=WarmupMultiStepLR(optimizer, cfg.solver),
-               scaler=grad_scaler(cfg.solver.amp), meta=meta, changes=changes)
-    return run
+    return _Run(cfg=cfg, out=out, device=device, rank=rank, world=world, per_rank=per_rank, dataset=dataset,
+                model=model, optimizer=optimizer, scheduler=WarmupMultiStepLR(optimizer, cfg.solver),
+                scaler=grad_scaler(cfg.solver.amp), meta=meta, changes=changes)
 
 
 def _wrap_ddp(run: _Run) -> None:
@@ -305,9 +302,11 @@ def _loop(run: _Run, result: TrainResult, start_iter: int, log: MetricsLog, prog
             t_data = time.perf_counter() - t0
             step = _train_step(run, images, targets, it, stop)
             done = result.iteration = it + 1
-            if run.main and (it % log_period == 0 or done == solver.max_iter or step.stop):
-                log.log({"iteration": it, **step.losses, "total": step.total, "lr": step.lr,
-                         "time": time.perf_counter() - t0, "data_time": t_data})
+            if it % log_period == 0 or done == solver.max_iter or step.stop:
+                assign = assignment_stats(run.model)  # every process (all-reduced sums); then a new period
+                if run.main:
+                    log.log({"iteration": it, **step.losses, "total": step.total, "lr": step.lr,
+                             "time": time.perf_counter() - t0, "data_time": t_data, **assign})
             progress.update(step.total, step.lr)
             if step.stop:
                 _stop(run, result, done, stop.signum, progress)
@@ -359,6 +358,8 @@ def train(cfg: Config, output_dir: str | os.PathLike, *, resume: bool = False, o
     """
     out = Path(output_dir)
     run = _setup(cfg, out, resume, overwrite, preset, build_model_fn or default_build_model)
+    if evaluate_at_end or cfg.solver.eval_period > 0:
+        run.validation_set()  # its JSON and image files are checked before the first iteration
     start_iter, ckpt_path = _resume(run)
     run.rng_done = get_rng_state()
     _wrap_ddp(run)
@@ -383,6 +384,8 @@ def train(cfg: Config, output_dir: str | os.PathLike, *, resume: bool = False, o
     finally:
         bar.close()
         log.close()
+        if run.main:
+            write_run_plots(out)  # never raises
     return result
 
 
@@ -391,9 +394,7 @@ def destroy_distributed() -> None:
         torch.distributed.destroy_process_group()
 
 
-__all__ = [
-    "train", "evaluate", "inference", "TrainResult", "build_optimizer", "WarmupMultiStepLR", "lr_factor",
-    "scaled_lr", "validate_solver", "autocast", "check_amp", "build_dataset", "dataset_paths", "default_build_model",
-    "pretrained_builder", "destroy_distributed", "METRICS_FILE", "EVAL_FILE", "EVAL_HISTORY_FILE", "DETECTIONS_FILE",
-    "CONFIG_FILE",
-]
+__all__ = ["train", "TrainResult", "pretrained_builder", "default_build_model", "destroy_distributed", "evaluate",
+           "inference", "build_dataset", "dataset_paths", "scaled_lr", "lr_factor", "build_optimizer", "WarmupMultiStepLR",
+           "validate_solver", "autocast", "check_amp", "METRICS_FILE", "EVAL_FILE", "EVAL_HISTORY_FILE", "DETECTIONS_FILE",
+           "CONFIG_FILE"]

@@ -22,7 +22,7 @@ from .utils import is_main_process
 logger = logging.getLogger("assigndet")
 
 METRICS_FILE = "metrics.jsonl"
-_TIMINGS = ("lr", "time", "data_time")  # scalars logged under their own name, not as "loss/..."
+_TIMINGS = ("lr", "time", "data_time")  # logged under their own name (as "assign/..." keys), not "loss/..."
 
 
 class StopFlag:
@@ -91,7 +91,7 @@ class MetricsLog:
             it = record["iteration"]
             for k, v in record.items():
                 if k != "iteration" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k if k in _TIMINGS else f"loss/{k}", v, it)
+                    self.tb.add_scalar(k if k in _TIMINGS or "/" in k else f"loss/{k}", v, it)
 
     def log_eval(self, metrics: dict[str, Any], iteration: int) -> None:
         if self.enabled and self.tb is not None:

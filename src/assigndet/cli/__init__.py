@@ -47,13 +47,37 @@ USER_ERRORS = (UserError, FileNotFoundError)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="assigndet", description="ATSS / PAA detectors: train, evaluate, predict.",
+        prog="assigndet", description="ATSS, PAA, Dynamic ATSS, Faster R-CNN (PAA RPN), IoU-Net: train, evaluate, "
+                                      "predict, explain, benchmark, export.",
         epilog="Overrides are key=value pairs checked against the config schema, e.g. solver.base_lr=0.005. "
                "Add --debug to any command to see tracebacks.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(sub)
+    for command in _subcommands(parser):  # every --help shows each argument's default
+        command.formatter_class = _DefaultsFormatter
     return parser
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Help lines end with the argument's default, where it has one worth saying."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        d = action.default
+        if not (d is None or d is False or d == [] or d == argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers of every (nested) subcommand of ``parser``."""
+    found = []
+    for action in parser._actions:  # argparse has no public accessor for its subparsers
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found += [child, *_subcommands(child)]
+    return found
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

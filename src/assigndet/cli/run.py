@@ -9,8 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ..config import apply_overrides, config_from_yaml
-from ..errors import ConfigError, InputError
+from ..errors import InputError
 from ..presets import load_config
 from .common import DEMO_PRESET, check_weights_file, class_names, load_model
 
@@ -38,6 +37,7 @@ def train_config(preset: str, out: Path, overrides: list[str], resume: bool):
 
 def cmd_train(args) -> int:
     from ..engine import destroy_distributed, train
+    from ..evaluation import format_ap
     from ..utils import is_main_process
 
     quiet_other_ranks()
@@ -50,20 +50,21 @@ def cmd_train(args) -> int:
     finally:
         destroy_distributed()
     if result.metrics is not None and main:
-        print(f"AP {100 * result.metrics['AP']:.2f} (eval.json in {args.out})", flush=True)
+        print(f"{format_ap(result.metrics['AP'])} (eval.json in {args.out})", flush=True)
     return result.exit_code
 
 
 def cmd_eval(args) -> int:
     from ..engine import destroy_distributed
-    from ..evaluation import evaluate
-    from ..utils import init_distributed, resolve_device
-
-    from ..utils import is_main_process
+    from ..evaluation import evaluate, format_ap, weights_config
+    from ..utils import init_distributed, is_main_process, resolve_device
 
     quiet_other_ranks()
-    cfg = load_config(args.preset, args.overrides)
     check_weights_file(args.weights)
+    if args.preset is not None and _OVERRIDE.match(args.preset):  # no preset: an override came first
+        args.overrides, args.preset = [args.preset, *args.overrides], None
+    cfg = (load_config(args.preset, args.overrides) if args.preset is not None
+           else weights_config(args.weights, overrides=args.overrides))
     init_distributed(resolve_device(cfg.device))
     try:
         model, _ = load_model(cfg, args.weights)
@@ -74,17 +75,8 @@ def cmd_eval(args) -> int:
     finally:
         destroy_distributed()
     if main:
-        print(f"AP {100 * metrics['AP']:.2f}", flush=True)
+        print(format_ap(metrics["AP"]), flush=True)
     return 0
-
-
-def _predict_config(args):
-    beside = Path(args.weights).parent / "config.yaml"
-    if beside.is_file():
-        return apply_overrides(config_from_yaml(str(beside)), args.overrides)
-    if args.preset:
-        return load_config(args.preset, args.overrides)
-    raise ConfigError(f"no config.yaml beside {args.weights}; pass --preset NAME")
 
 
 def _split_inputs(args) -> list[str]:
@@ -133,12 +125,13 @@ def cmd_predict(args) -> int:
     """Every image that can be read is detected and drawn; an unreadable one is skipped with a
     warning line. ``predictions.json``: ``{"images": [records], "skipped": [{"file", "error"}]}``.
     Exit 0 when at least one image worked, else the one-line error of the first one."""
+    from ..evaluation import weights_config
     from ..utils import atomic_write_text
     from ..viz import collect_images
 
     check_weights_file(args.weights)
     paths = collect_images(_split_inputs(args))
-    cfg = _predict_config(args)
+    cfg = weights_config(args.weights, preset=args.preset, overrides=args.overrides)
     model, report = load_model(cfg, args.weights)
     names = class_names(cfg, report.metadata, cfg.model.num_classes)
     out = Path(args.out)
@@ -171,8 +164,8 @@ def cmd_predict(args) -> int:
 def cmd_demo(args) -> int:
     from ..data import build_dataset, generate_shapes
     from ..engine import train
-    from ..evaluation import inference
-    from ..viz import draw_predictions, plot_loss_curve, write_image
+    from ..evaluation import format_ap, inference
+    from ..viz import draw_side_by_side, write_image
 
     data = Path(args.data)
     if not (data / "annotations" / "instances_train.json").is_file():
@@ -192,19 +185,18 @@ def cmd_demo(args) -> int:
     for i in range(min(args.num_images, len(val))):
         image, target = val[i]
         pred = inference(model, [image])[0]
-        write_image(draw_predictions(image, pred, names, args.score_thresh),
+        write_image(draw_side_by_side(image, target, pred, names, args.score_thresh),
                     out / "predictions" / f"{int(target['image_id'])}.png")
-    png = plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png")
     metrics = result.metrics or json.loads((out / "eval.json").read_text())
-    print(f"demo finished: AP {100 * metrics['AP']:.2f} on {metrics['num_images']} validation images; "
-          f"eval.json, predictions/ and {png.name if png else 'no loss curve'} in {out}")
+    print(f"demo finished: {format_ap(metrics['AP'])} on {metrics['num_images']} validation images; "
+          f"eval.json, predictions/ (ground truth | predictions), loss_curve.png and the other plots in {out}")
     return 0
 
 
 def register(sub) -> None:
     """train, eval, predict, demo."""
     p = sub.add_parser("train", help="train a preset")
-    p.add_argument("preset")
+    p.add_argument("preset", help="preset name (`assigndet presets` lists them)")
     p.add_argument("--out", required=True, help="output directory (checkpoints, logs, eval.json)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in OUT with its saved config.yaml (only solver.max_iter, "
@@ -213,33 +205,35 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="delete the files of a run already in OUT (config, checkpoints, logs, evaluation) first")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. solver.max_iter=2000")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="COCO evaluation of weights")
-    p.add_argument("preset")
-    p.add_argument("--weights", required=True)
-    p.add_argument("--out", default=None, help="write eval.json and detections.json here")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("preset", nargs="?", default=None,
+                   help="preset name; without it, the config.yaml beside the weights or the config stored in them")
+    p.add_argument("--weights", required=True, help="a .safetensors file of assigndet or a released .pth")
+    p.add_argument("--out", default=None, help="write eval.json, pr_curves.json and detections.json here")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. test.max_images=100")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="detect objects in images and draw them")
-    p.add_argument("--weights", required=True)
-    p.add_argument("--preset", default=None, help="used when there is no config.yaml beside the weights")
-    p.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIR")
-    p.add_argument("--out", required=True)
-    p.add_argument("--score-thresh", type=float, default=0.3)
+    p.add_argument("--weights", required=True, help="a .safetensors file of assigndet or a released .pth")
+    p.add_argument("--preset", default=None,
+                   help="used when there is neither a config.yaml beside the weights nor a config stored in them")
+    p.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIR", help="image files or folders (then key=value overrides)")
+    p.add_argument("--out", required=True, help="drawn images and predictions.json go here")
+    p.add_argument("--score-thresh", type=float, default=0.3, help="detections drawn and listed from this score")
     p.set_defaults(func=cmd_predict, overrides=[])  # key=value overrides may follow the images
 
     p = sub.add_parser("demo", help=f"generate shapes, train {DEMO_PRESET}, evaluate, draw")
-    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--out", default="runs/demo", help="run directory (checkpoints, eval.json, plots, drawings)")
     p.add_argument("--data", default="data/shapes", help="shapes dataset directory (generated if missing)")
     p.add_argument("--train", type=int, default=None, help="training images to generate")
     p.add_argument("--val", type=int, default=None, help="validation images to generate")
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted demo run in OUT")
     p.add_argument("--overwrite", action="store_true", help="replace a demo run already in OUT")
     p.add_argument("--num-images", type=int, default=4, help="validation images to draw")
-    p.add_argument("--score-thresh", type=float, default=0.3)
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--score-thresh", type=float, default=0.3, help="drawing threshold")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. solver.max_iter=500")
     p.set_defaults(func=cmd_demo)
