@@ -43,6 +43,8 @@ PR_CURVES_FILE = "pr_curves.json"
 
 #: the resolved config a run directory holds beside its weights
 RUN_CONFIG_FILE = "config.yaml"
+#: the plots :func:`assigndet.viz.write_run_plots` writes into a run directory (losses + LR, AP, PR, per class)
+RUN_PLOT_FILES = ("loss_curve.png", "ap_history.png", "pr_curves.png", "per_class_ap.png")
 
 #: the 12 numbers COCOeval.summarize() prints, in its order (pycocotools ``stats``)
 STAT_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR", "ARs", "ARm", "ARl")

@@ -29,7 +29,8 @@ from omegaconf import OmegaConf
 from . import checkpoints as ck
 from .config import Config, apply_overrides, config_from_yaml, config_to_yaml
 from .errors import CheckpointError, ConfigError
-from .evaluation import DETECTIONS_FILE, EVAL_FILE, EVAL_HISTORY_FILE, PR_CURVES_FILE, RUN_CONFIG_FILE
+from .evaluation import (DETECTIONS_FILE, EVAL_FILE, EVAL_HISTORY_FILE, PR_CURVES_FILE, RUN_CONFIG_FILE,
+                         RUN_PLOT_FILES)
 from .monitor import METRICS_FILE
 from .utils import TMP_GLOB, atomic_write_text, remove_stale_tmp, set_rng_state
 
@@ -42,7 +43,7 @@ RESUMABLE_KEYS = ("solver.max_iter", "solver.checkpoint_period", "solver.eval_pe
 RUN_MARKERS = (CONFIG_FILE, RUN_FILE, ck.LAST_CHECKPOINT, METRICS_FILE, f"model_*{ck.WEIGHTS_SUFFIX}")
 #: the files a run writes: what ``overwrite=True`` deletes (nothing else in the directory is touched)
 RUN_OUTPUTS = (*RUN_MARKERS, f"model_*{ck.STATE_SUFFIX}", EVAL_FILE, EVAL_HISTORY_FILE, DETECTIONS_FILE, PR_CURVES_FILE,
-               "loss_curve.png", TMP_GLOB, "tensorboard/events.out.tfevents.*", "predictions/*.png")
+               *RUN_PLOT_FILES, TMP_GLOB, "tensorboard/events.out.tfevents.*", "predictions/*.png")
 _PERIODIC = re.compile(r"^model_(\d{7})" + re.escape(ck.WEIGHTS_SUFFIX) + "$")
 _ANY_CKPT = re.compile(r"^model_(?:emergency_)?(\d{7})" + re.escape(ck.WEIGHTS_SUFFIX) + "$")
 Say = Callable[[str], None]

@@ -15,13 +15,13 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..evaluation import PR_IOUS
+from ..evaluation import PR_IOUS, RUN_PLOT_FILES
 from .runs import RunData, is_run_dir, load_run, read_jsonl
 
 logger = logging.getLogger("assigndet")
 
 DPI = 100
-LOSS_PNG, AP_PNG, PR_PNG, PER_CLASS_PNG = "loss_curve.png", "ap_history.png", "pr_curves.png", "per_class_ap.png"
+LOSS_PNG, AP_PNG, PR_PNG, PER_CLASS_PNG = RUN_PLOT_FILES
 #: AP columns of eval_history.jsonl drawn over the evaluations, with their line styles
 _AP_STYLES = {"AP": "-", "AP50": "--", "AP75": ":"}
 _MAX_CLASS_LEGEND = 10  # more classes than this: per-class PR curves in grey, without legend
