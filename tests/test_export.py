@@ -8,8 +8,9 @@ import torch
 import assigndet
 from assigndet.data import generate_shapes, read_rgb
 from assigndet.errors import ConfigError
-from assigndet.export import (ExportableDetector, example_image, export_onnx, export_program, onnx_detect,
-                              onnx_session, resized_size)
+from assigndet.detectors.rcnn_parts import LevelRoIAlign
+from assigndet.export import (ExportableDetector, ExportableLevelRoIAlign, example_image, export_onnx, export_program,
+                              onnx_detect, onnx_session, resized_size)
 from assigndet.nn.transform import resize_size
 from assigndet.variants import ResizeRule
 
@@ -42,6 +43,19 @@ def match(eager: dict, exported: dict) -> None:
         assert err <= 1e-3, f"box {box.tolist()}: relative error {float(err):.2e}"
 
 
+def spread_scores(layer, model, image, std: float = 2.0) -> None:
+    """Scale a random classifier so that its logits on ``image`` have standard deviation ``std``:
+    random features saturate the softmax (every score 1.0), and NMS and the top-k cut among exact
+    ties would hinge on the order of equal floats."""
+    seen = []
+    handle = layer.register_forward_hook(lambda _m, _i, out: seen.append(out.std()))
+    eager(model, image)
+    handle.remove()
+    with torch.no_grad():
+        layer.weight.mul_(std / seen[0])
+        layer.bias.zero_()
+
+
 def eager(model, image):
     with torch.no_grad():
         return model([image])[0]
@@ -64,6 +78,27 @@ def test_onnx_paa_matches_eager_on_unseen_image_sizes(shapes_images, tmp_path):
     session = onnx_session(path)
     for image in shapes_images:
         match(eager(model, image), onnx_detect(session, image))
+
+
+def test_onnx_faster_rcnn_matches_eager_on_unseen_image_sizes(shapes_images, tmp_path):
+    torch.manual_seed(0)
+    model = assigndet.build_detector("faster_rcnn_R_18_shapes", overrides=["model.score_thresh=0.0"]).eval()
+    spread_scores(model.roi_heads.box_predictor.cls_score, model, shapes_images[0])
+    path = export_onnx(ExportableDetector(model), tmp_path / "frcnn.onnx", example_image(224, 288))
+    session = onnx_session(path)
+    for image in shapes_images:
+        match(eager(model, image), onnx_detect(session, image))
+
+
+def test_exportable_roi_align_twin_pools_as_the_models_pooler():
+    g = torch.Generator().manual_seed(0)
+    feats = [torch.randn(2, 8, 64 // s, 80 // s, generator=g) for s in (4, 8, 16, 32)]  # two images
+    xy = torch.rand(40, 2, generator=g) * 50
+    rois = torch.cat((xy, xy + 2 + torch.rand(40, 2, generator=g) * 200), 1)  # every level, some off the image
+    pool = LevelRoIAlign((4, 8, 16, 32), 7, 2)
+    twin = ExportableLevelRoIAlign((4, 8, 16, 32), 7, 2)
+    assert torch.equal(pool(feats, [rois[:25], rois[25:]]), twin(feats, [rois[:25], rois[25:]]))
+    assert twin(feats, [rois[:0]]).shape == (0, 8, 7, 7)
 
 
 def test_torch_export_dynamic_atss_runs_every_size_static_one_size(shapes_images):

@@ -22,17 +22,23 @@ test-time augmentation and ``model.postprocess=mmdet`` are not exported (a ``Con
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import boxes as tv_boxes
+from torchvision.ops import roi_align
 
 from .anchors import grid_anchors
 from .detectors import DenseDetector, FasterRCNN, IoUNet
+from .detectors.rcnn_parts import LevelRoIAlign
 from .errors import ConfigError
 from .nn import ImageTransform
-from .postprocess import dense_postprocess
+from .ops.prroi_pool import map_roi_levels
+from .postprocess import class_wise_nms, dense_postprocess
 from .variants import Postprocess, ResizeRule
 
 #: the largest image side the exported graphs accept (torch.export needs a range)
@@ -116,7 +122,7 @@ class ExportableDetector(nn.Module):
     def __init__(self, model: nn.Module, *, batch_dim: bool = False) -> None:
         super().__init__()
         check_exportable(model)
-        self.model = model.eval()
+        self.model = _exportable_copy(model.eval())
         self.batch_dim = batch_dim
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -149,12 +155,56 @@ def dense_detect(model: DenseDetector, batch: Tensor, nh_t: Tensor, nw_t: Tensor
     return det["boxes"], det["scores"], det["labels"]
 
 
+class ExportableLevelRoIAlign(LevelRoIAlign):
+    """:class:`~assigndet.detectors.rcnn_parts.LevelRoIAlign` without its tests on the number of
+    RoIs (of all, of each level), which are data while tracing: every level pools its (possibly
+    empty) share; the same values (``tests/test_export.py``)."""
+
+    def forward(self, features, boxes, image_shapes=None) -> Tensor:
+        maps = list(features)[: len(self.strides)]
+        rois = torch.cat([torch.cat((torch.full_like(b[:, :1], i), b), dim=1) for i, b in enumerate(boxes)])  # (R, 5)
+        out = maps[0].new_zeros((rois.shape[0], maps[0].shape[1], *self.output_size))  # (R, C, PH, PW)
+        levels = map_roi_levels(rois[:, 1:], len(maps), self.finest_scale)  # (R,)
+        for lvl, (fmap, stride) in enumerate(zip(maps, self.strides)):
+            idx = torch.nonzero(levels == lvl).squeeze(1)
+            out[idx] = roi_align(fmap, rois[idx].to(fmap.dtype), self.output_size, 1.0 / stride,
+                                 self.sampling_ratio, aligned=True)
+        return out
+
+
+def _exportable_copy(model: nn.Module) -> nn.Module:
+    """The model itself, or for Faster R-CNN a copy whose RoI pooler is the exportable twin (the
+    caller's model is left as it is)."""
+    pool = getattr(getattr(model, "roi_heads", None), "box_roi_pool", None)
+    if not isinstance(pool, LevelRoIAlign):
+        return model
+    twin = ExportableLevelRoIAlign(pool.strides, pool.output_size[0], pool.sampling_ratio, finest_scale=pool.finest_scale)
+    model = copy.deepcopy(model)
+    model.roi_heads.box_roi_pool = twin
+    return model
+
+
+@contextlib.contextmanager
+def torchvision_exportable_nms():
+    """While tracing: torchvision's RPN and RoI heads call ``box_ops.batched_nms``, whose choice
+    of algorithm tests the number of boxes (data in the graph); they get
+    :func:`~assigndet.postprocess.dense.class_wise_nms` instead, which is ``batched_nms`` in eager
+    and its coordinate trick while exporting."""
+    saved = tv_boxes.batched_nms
+    tv_boxes.batched_nms = class_wise_nms
+    try:
+        yield
+    finally:
+        tv_boxes.batched_nms = saved
+
+
 def two_stage_detect(model: FasterRCNN, batch: Tensor, nh_t: Tensor, nw_t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Faster R-CNN's RPN and RoI heads, one image; boxes in the resized image's pixels."""
     feats = model.features(batch)
     size = (nh_t.item(), nw_t.item())
-    proposals, _ = model.rpn(feats, [size])
-    det = model.detect(feats, proposals, [size])[0]
+    with torchvision_exportable_nms():
+        proposals, _ = model.rpn(feats, [size])
+        det = model.detect(feats, proposals, [size])[0]
     return det["boxes"], det["scores"], det["labels"]
 
 
@@ -181,20 +231,31 @@ def export_program(wrapper: ExportableDetector, example: Tensor, *, dynamic: boo
         return torch.export.export(wrapper, (example,), dynamic_shapes=shapes, strict=False)
 
 
-def _float_clamp_bounds(program) -> None:
-    """torch 2.14's ONNX decomposition cannot mix an int bound with a symbolic float one in
-    ``aten.clamp`` (``clip_boxes``' ``min=0`` beside ``max=W - offset``): make int bounds floats
-    (the same values)."""
-    for node in program.graph.nodes:
-        if node.target is torch.ops.aten.clamp.default:
-            node.args = tuple(float(a) if type(a) is int else a for a in node.args)
+def _split_symbolic_clamps(program) -> None:
+    """torch 2.14's ONNX decomposition cannot type a ``clamp`` whose bounds mix a number and a
+    symbolic size (``clip_boxes``' ``min=0`` beside ``max=W - offset``; torchvision's
+    ``clip_boxes_to_image``): such a clamp becomes ``clamp_min`` then ``clamp_max`` (the same values)."""
+    graph = program.graph
+    for node in list(graph.nodes):
+        if node.target is not torch.ops.aten.clamp.default or len(node.args) < 3:
+            continue
+        x, lo, hi = node.args[:3]
+        if lo is None or hi is None or not any(isinstance(b, torch.fx.Node) for b in (lo, hi)):
+            continue
+        with graph.inserting_before(node):
+            low = graph.call_function(torch.ops.aten.clamp_min.default, (x, lo))
+            low.meta = dict(node.meta)
+            high = graph.call_function(torch.ops.aten.clamp_max.default, (low, hi))
+            high.meta = dict(node.meta)
+        node.replace_all_uses_with(high)
+        graph.erase_node(node)
     program.graph_module.recompile()
 
 
 def export_onnx(wrapper: ExportableDetector, path: str | Path, example: Tensor, *, opset: int | None = None) -> Path:
     """The ONNX model (input ``image``, outputs ``boxes``, ``scores``, ``labels``; H and W dynamic)."""
     program = export_program(wrapper, example, dynamic=True)
-    _float_clamp_bounds(program)
+    _split_symbolic_clamps(program)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(program, (example,), str(path), dynamo=True, opset_version=opset, input_names=["image"],
