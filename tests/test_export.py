@@ -101,11 +101,12 @@ def test_exportable_roi_align_twin_pools_as_the_models_pooler():
     assert twin(feats, [rois[:0]]).shape == (0, 8, 7, 7)
 
 
-def test_torch_export_dynamic_atss_runs_every_size_static_one_size(shapes_images):
+def test_torch_export_dynamic_atss_runs_every_size_static_one_size(shapes_images, tmp_path):
     torch.manual_seed(0)
     model = assigndet.build_detector("atss_R_18_shapes", overrides=LOW_THRESH).eval()
     wrapper = ExportableDetector(model)
-    dynamic = export_program(wrapper, example_image(224, 288)).module()
+    torch.export.save(export_program(wrapper, example_image(224, 288)), tmp_path / "atss.pt2")
+    dynamic = torch.export.load(tmp_path / "atss.pt2").module()  # saved and loaded (torchvision imported: its ops)
     for image in shapes_images:
         boxes, scores, labels = dynamic(image)
         match(eager(model, image), {"boxes": boxes, "scores": scores, "labels": labels})

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
 from pathlib import Path
 
 import torch
@@ -227,7 +228,8 @@ def export_program(wrapper: ExportableDetector, example: Tensor, *, dynamic: boo
         axes = {example.dim() - 2: torch.export.Dim("height", min=MIN_SIDE, max=MAX_SIDE),
                 example.dim() - 1: torch.export.Dim("width", min=MIN_SIDE, max=MAX_SIDE)}
         shapes = (axes,)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*create_unbacked_symint", category=FutureWarning)
         return torch.export.export(wrapper, (example,), dynamic_shapes=shapes, strict=False)
 
 
@@ -258,8 +260,10 @@ def export_onnx(wrapper: ExportableDetector, path: str | Path, example: Tensor, 
     _split_symbolic_clamps(program)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(program, (example,), str(path), dynamo=True, opset_version=opset, input_names=["image"],
-                      output_names=["boxes", "scores", "labels"], external_data=False)
+    with warnings.catch_warnings():  # torchvision's NMS meta function: a deprecation notice of torch's
+        warnings.filterwarnings("ignore", message=".*create_unbacked_symint", category=FutureWarning)
+        torch.onnx.export(program, (example,), str(path), dynamo=True, opset_version=opset, input_names=["image"],
+                          output_names=["boxes", "scores", "labels"], external_data=False, verbose=False)
     return path
 
 

@@ -38,7 +38,10 @@ def _check_and_time(args, model, path: Path) -> None:
         with torch.no_grad():
             ref = model([image])[0]
         out = onnx_detect(session, image[None] if args.batch_dim else image)
-        print(f"check {tuple(image.shape)}: eager {len(ref['boxes'])} detections, onnxruntime {len(out['boxes'])}")
+        same = len(ref["scores"]) == len(out["scores"])
+        diff = f", max |score difference| {(ref['scores'].sort().values - out['scores'].sort().values).abs().max():.1e}" \
+            if same and len(out["scores"]) else ""
+        print(f"check {tuple(image.shape)}: eager {len(ref['boxes'])} detections, onnxruntime {len(out['boxes'])}{diff}")
     if not args.benchmark:
         return
     image = example_image(*args.image_size, dtype=torch.uint8 if args.uint8 else torch.float32)
