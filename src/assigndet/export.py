@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import warnings
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from torchvision.ops import roi_align
 from .anchors import grid_anchors
 from .detectors import DenseDetector, FasterRCNN, IoUNet
 from .detectors.rcnn_parts import LevelRoIAlign
-from .errors import ConfigError
+from .errors import ConfigError, UserError
 from .nn import ImageTransform
 from .ops.prroi_pool import map_roi_levels
 from .postprocess import class_wise_nms, dense_postprocess
@@ -256,6 +257,9 @@ def _split_symbolic_clamps(program) -> None:
 
 def export_onnx(wrapper: ExportableDetector, path: str | Path, example: Tensor, *, opset: int | None = None) -> Path:
     """The ONNX model (input ``image``, outputs ``boxes``, ``scores``, ``labels``; H and W dynamic)."""
+    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"ONNX export needs {' and '.join(missing)}: pip install onnx onnxscript onnxruntime")
     program = export_program(wrapper, example, dynamic=True)
     _split_symbolic_clamps(program)
     path = Path(path)
@@ -269,6 +273,8 @@ def export_onnx(wrapper: ExportableDetector, path: str | Path, example: Tensor, 
 
 def onnx_session(path: str | Path, *, threads: int | None = None):
     """An onnxruntime CPU session of an exported model."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise UserError("running an exported model needs onnxruntime: pip install onnxruntime")
     import onnxruntime as ort  # optional dependency: only running an exported model needs it
 
     opts = ort.SessionOptions()
