@@ -34,6 +34,7 @@ def _reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
 
 
 def _worker(rank: int, init: str, queue) -> None:
+    torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
     torch.manual_seed(0)
     x = torch.randn(4, 3, 5, 6) * 3 + 2  # the joint batch; this rank takes 2 images
@@ -66,7 +67,7 @@ def _worker(rank: int, init: str, queue) -> None:
 
 
 def test_all_reduce_batchnorm_and_padding_equal_one_process_over_the_joint_batch(tmp_path):
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("spawn")  # a forked child of a process whose OpenMP threads ran can hang
     queue = ctx.Queue()
     init = f"file://{tmp_path / 'rendezvous'}"
     procs = [ctx.Process(target=_worker, args=(r, init, queue)) for r in range(WORLD)]
