@@ -1,3 +1,9 @@
+import os
+
+# before torch loads OpenMP: idle worker threads sleep instead of spinning (on a shared 2-core
+# machine, busy-waiting threads made 2-thread tests of tiny models 10-25x slower)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from pathlib import Path
 
 import pytest

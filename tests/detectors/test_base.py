@@ -1,9 +1,12 @@
+"""The dense detectors' shared machinery (detectors/base.py): losses, inference format, overfitting."""
 import pytest
 import torch
 
 import assigndet
 from assigndet.presets import load_config
 from assigndet.detectors import TargetError, build_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest on a shared CPU
 
 
 def tiny(arch="atss", overrides=()):
