@@ -1,14 +1,14 @@
 """Every published-model preset builds and runs a small forward pass (eval mode, a 60x80 image at
 a 64-pixel test size; the ``*_ms_test`` rows run their TTA with one small extra scale).
 
-ATSS and Dynamic ATSS here, PAA / PAA_minimal / mmdetection in test_zoo_forward_paa.py (two files
+ATSS and Dynamic ATSS here, PAA / PAA_minimal / mmdetection in test_presets_forward_paa.py (two files
 to keep each well under a minute on two shared cores)."""
 from __future__ import annotations
 
 import pytest
 from conftest import check_preset_runs
 
-from assigndet.zoo import zoo_names
+from assigndet.presets import zoo_names
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # large models on a tiny input
 
