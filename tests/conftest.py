@@ -78,3 +78,20 @@ TINY_OVERRIDES = [
 @pytest.fixture
 def tiny_overrides():
     return list(TINY_OVERRIDES)
+
+
+def subprocess_env() -> dict:
+    """The environment of a training subprocess: one thread, unbuffered, not inside torchrun."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def check_finite_backward(model, losses: dict) -> None:
+    """The summed loss is finite and every trainable parameter gets a finite gradient."""
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name

@@ -1,7 +1,6 @@
 """torchrun with 2 CPU processes (gloo) gives the losses of 1 process with the same total batch."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from test_engine import loss_table, make_shapes
+from conftest import subprocess_env
 
 TESTS = Path(__file__).resolve().parent  # tests/: test_engine.py (imported by the subprocess) lives here
 # atss_R_18_shapes shrunk: BatchNorm in the backbone (the preset's norm), two training scales, 64-96 px images
@@ -22,9 +22,7 @@ TINY_BN_MULTISCALE = [
 
 
 def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop("WORLD_SIZE", None)
-    return env
+    return subprocess_env()
 
 
 def _torchrun(args: list[str], nproc: int) -> list[str]:

@@ -3,7 +3,6 @@ and get exactly the losses of an uninterrupted run."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from test_engine import loss_table, read_metrics
+from conftest import subprocess_env
 
 MAX_ITER = 60
 TINY = ["model.backbone.depth=18", "model.backbone.base_width=8", "model.fpn_channels=16", "model.head_convs=1",
@@ -23,9 +23,7 @@ TINY = ["model.backbone.depth=18", "model.backbone.base_width=8", "model.fpn_cha
 
 
 def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop("WORLD_SIZE", None)
-    return env
+    return subprocess_env()
 
 
 @pytest.fixture(scope="module")

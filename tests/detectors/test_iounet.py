@@ -18,6 +18,7 @@ from assigndet.ops.prroi_pool import map_roi_levels
 from assigndet.postprocess.iou_nms import refine_boxes
 from test_faster_rcnn import TINY as TINY_RCNN
 from test_faster_rcnn import check_eval_output, images_and_targets
+from conftest import check_finite_backward
 
 #: the tiny two-stage model of test_faster_rcnn with a small IoU head and few generated RoIs
 TINY = TINY_RCNN + ["model.rcnn.iounet.head_dim=32", "model.rcnn.iounet.sample_num=64"]
@@ -125,12 +126,7 @@ def test_losses_finite_and_backward(num_gt):
     imgs, targets = images_and_targets(num_gt)
     losses = m(imgs, targets)
     assert set(losses) == {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_bbox", "loss_iou"}
-    total = sum(losses.values())
-    assert torch.isfinite(total)
-    total.backward()
-    for name, p in m.named_parameters():
-        if p.requires_grad:
-            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    check_finite_backward(m, losses)
     if num_gt == 0:
         assert losses["loss_iou"].item() == 0
     else:
