@@ -66,3 +66,28 @@ def test_zero_gt_and_margin():
     # the anchor centre (4.5, 4.5) must be inside the GT by strictly more than 0.01
     assert atss_assign(anchors, [3], torch.tensor([[4.5 - 0.0099, 0.0, 30.0, 30.0]])).tolist() == [-1, -1, -1]
     assert atss_assign(anchors, [3], torch.tensor([[4.5 - 0.0101, 0.0, 30.0, 30.0]])).tolist() == [0, 0, 0]
+
+
+def test_gt_blocks_give_the_same_assignment_as_one_block(monkeypatch):
+    """Thousands of GTs are assigned in blocks (bounded memory): the same matches (several-GT
+    ties included: the lower GT index wins) and IoU targets as one block."""
+    import assigndet.assign.atss as atss_mod
+    from assigndet.assign import atss_assign, dynamic_atss_assign
+
+    g = torch.Generator().manual_seed(0)
+    sizes = [(8, 10), (4, 5), (2, 3)]  # feature maps of 3 levels, strides 8, 16, 32
+    anchors = torch.cat([
+        torch.stack(torch.meshgrid(torch.arange(h) * s + s / 2, torch.arange(w) * s + s / 2, indexing="ij"), -1)
+        .reshape(-1, 2).flip(1).repeat(1, 2) + torch.tensor([-2.0, -2.0, 2.0, 2.0]) * s
+        for (h, w), s in zip(sizes, (8, 16, 32))])
+    counts = [h * w for h, w in sizes]
+    xy = torch.rand(40, 2, generator=g) * 60
+    gts = torch.cat((xy, xy + 8 + torch.rand(40, 2, generator=g) * 40), 1)
+    gts = torch.cat((gts, gts[:5]))  # exact duplicates: several-GT ties
+    preds = anchors + torch.randn(anchors.shape, generator=g) * 3
+    one = atss_assign(anchors, counts, gts, topk=3), dynamic_atss_assign(anchors, counts, gts, preds, topk=3)
+    monkeypatch.setattr(atss_mod, "GT_BLOCK_BYTES", 4 * len(anchors) * 7)  # blocks of 7 GTs
+    assert len(atss_mod.gt_blocks(len(anchors), len(gts))) == 7
+    blocked = atss_assign(anchors, counts, gts, topk=3), dynamic_atss_assign(anchors, counts, gts, preds, topk=3)
+    assert torch.equal(one[0], blocked[0]) and (one[0] >= 0).any()
+    assert torch.equal(one[1][0], blocked[1][0]) and torch.equal(one[1][1], blocked[1][1])

@@ -14,8 +14,9 @@ from torch import Tensor
 
 from ..boxes import box_centers, box_iou
 
-__all__ = ["ATSSDetails", "atss_assign", "atss_candidates", "atss_select", "atss_select_details", "candidate_levels",
-           "candidate_threshold", "empty_details", "pair_inside"]
+__all__ = ["ATSSDetails", "BlockMerge", "GT_BLOCK_BYTES", "atss_assign", "atss_candidates", "atss_select", "atss_select_details", "candidate_levels",
+           "candidate_threshold", "empty_details", "gt_blocks", "pair_inside", "above_and_inside",
+           "resolve_best"]
 
 #: Quality of the (anchor, GT) pairs that are not positive, in the final argmax.
 _NOT_POSITIVE = -1e8
@@ -69,11 +70,11 @@ def atss_select(quality: Tensor, cand: Tensor, thresh: Tensor, anchor_centers: T
 
     quality (A, G); cand (K, G) anchor indices; thresh (G,); anchor_centers (A, 2); gt_boxes (G, 4).
     """
-    above, inside = _above_and_inside(quality, cand, thresh, anchor_centers, gt_boxes)
+    above, inside = above_and_inside(quality, cand, thresh, anchor_centers, gt_boxes)
     return _resolve(quality, cand, above & inside)
 
 
-def _above_and_inside(quality: Tensor, cand: Tensor, thresh: Tensor, anchor_centers: Tensor,
+def above_and_inside(quality: Tensor, cand: Tensor, thresh: Tensor, anchor_centers: Tensor,
                       gt_boxes: Tensor) -> tuple[Tensor, Tensor]:
     """(K, G) bool each: the candidate's quality >= the GT's threshold; its centre inside the GT."""
     num_gts = gt_boxes.shape[0]
@@ -86,14 +87,54 @@ def _above_and_inside(quality: Tensor, cand: Tensor, thresh: Tensor, anchor_cent
 
 def _resolve(quality: Tensor, cand: Tensor, is_pos: Tensor) -> Tensor:
     """Positive (candidate, GT) pairs -> (A,) GT index or -1; several GTs: the highest quality wins."""
+    best, best_gt = resolve_best(quality, cand, is_pos)
+    return torch.where(best > _NOT_POSITIVE, best_gt, torch.full_like(best_gt, -1))
+
+
+def resolve_best(quality: Tensor, cand: Tensor, is_pos: Tensor) -> tuple[Tensor, Tensor]:
+    """Per anchor the highest quality among its positive pairs (``_NOT_POSITIVE`` if none) and that
+    GT's index (the lowest on ties) -> (A,), (A,) int64."""
     num_gts = quality.shape[1]
     gt_idx = torch.arange(num_gts, device=quality.device).expand_as(cand)  # (K, G)
-    # resolve multiple GTs by the highest quality; non-positive pairs count as -1e8
+    # non-positive pairs count as -1e8
     masked = torch.full_like(quality, _NOT_POSITIVE)  # (A, G)
     sel = (cand * num_gts + gt_idx)[is_pos]  # indices into the flattened (A, G) matrix
     masked.view(-1)[sel] = quality.view(-1)[sel]  # (A, G) viewed as (A*G,)
-    best, best_gt = masked.max(dim=1)  # (A,)
-    return torch.where(best > _NOT_POSITIVE, best_gt, torch.full_like(best_gt, -1))
+    return masked.max(dim=1)  # (A,), (A,)
+
+
+#: bytes one (A, G) float32 matrix of a GT block may take: with more GTs than fit, the assigners
+#: process the GTs in blocks (every step but the several-GT rule is per GT), so that the memory of
+#: an image with thousands of boxes stays bounded; the result is the same
+GT_BLOCK_BYTES = 24 * 2 ** 20
+
+
+def gt_blocks(num_anchors: int, num_gts: int) -> list[slice]:
+    """The GT blocks of an assignment: one block unless an (A, G) matrix exceeds ``GT_BLOCK_BYTES``."""
+    size = max(1, GT_BLOCK_BYTES // max(1, 4 * num_anchors))
+    return [slice(s, min(s + size, num_gts)) for s in range(0, num_gts, size)]
+
+
+class BlockMerge:
+    """The several-GT rule over GT blocks: per anchor the highest quality of all blocks wins (an
+    earlier block, i.e. a lower GT index, on ties); ``extra`` carries a per-anchor value of the
+    winning pair along (Dynamic ATSS's IoU target)."""
+
+    def __init__(self, num_anchors: int, device, dtype, extra: Tensor | None = None) -> None:
+        self.best = torch.full((num_anchors,), _NOT_POSITIVE, dtype=dtype, device=device)  # (A,)
+        self.gt = torch.full((num_anchors,), -1, dtype=torch.int64, device=device)  # (A,)
+        self.extra = extra
+
+    def add(self, block: slice, best: Tensor, best_gt: Tensor, extra: Tensor | None = None) -> None:
+        better = best > self.best  # (A,)
+        self.best = torch.where(better, best, self.best)
+        self.gt = torch.where(better, best_gt + block.start, self.gt)
+        if extra is not None:
+            self.extra = torch.where(better, extra, self.extra)
+
+    @property
+    def matched(self) -> Tensor:
+        return torch.where(self.best > _NOT_POSITIVE, self.gt, torch.full_like(self.gt, -1))  # (A,)
 
 
 class ATSSDetails(NamedTuple):
@@ -132,7 +173,7 @@ def atss_select_details(quality: Tensor, cand: Tensor, metrics: tuple[Tensor, ..
     keeping every intermediate; the same operations in the same order (identical results)."""
     means, stds = candidate_stats(*metrics)
     thresh = _threshold_of(means, stds)  # (G,)
-    above, inside = _above_and_inside(quality, cand, thresh, anchor_centers, gt_boxes)  # (K, G)
+    above, inside = above_and_inside(quality, cand, thresh, anchor_centers, gt_boxes)  # (K, G)
     is_pos = above & inside
     matched = _resolve(quality, cand, is_pos)  # (A,)
     return ATSSDetails(matched, cand, levels, quality.gather(0, cand), tuple(metrics), torch.stack(means),
@@ -168,15 +209,22 @@ def atss_assign(
     if num_gts == 0 or num_anchors == 0:
         matched = torch.full((num_anchors,), -1, dtype=torch.int64, device=anchors.device)
         return empty_details(matched, num_gts, 1, anchors.dtype) if details else matched
-    ious = box_iou(anchors, gt_boxes, offset=offset)  # 1. (A, G)
     anchor_ctr = box_centers(anchors)  # (A, 2)
     k = topk * num_anchors_per_location
-    cand = atss_candidates(anchor_ctr, box_centers(gt_boxes), num_anchors_per_level, k)  # 2-3. (K, G)
     if details:
+        ious = box_iou(anchors, gt_boxes, offset=offset)  # 1. (A, G)
+        cand = atss_candidates(anchor_ctr, box_centers(gt_boxes), num_anchors_per_level, k)  # 2-3. (K, G)
         levels = candidate_levels(num_anchors_per_level, k, anchors.device)  # (K,)
         return atss_select_details(ious, cand, (ious.gather(0, cand),), anchor_ctr, gt_boxes, levels)
-    thresh = candidate_threshold(ious.gather(0, cand))  # 4. (G,)
-    return atss_select(ious, cand, thresh, anchor_ctr, gt_boxes)  # 4-6.
+    merge = BlockMerge(num_anchors, anchors.device, anchors.dtype)
+    for block in gt_blocks(num_anchors, num_gts):  # one block unless there are thousands of GTs
+        gts = gt_boxes[block]
+        ious = box_iou(anchors, gts, offset=offset)  # 1. (A, G_b)
+        cand = atss_candidates(anchor_ctr, box_centers(gts), num_anchors_per_level, k)  # 2-3. (K, G_b)
+        thresh = candidate_threshold(ious.gather(0, cand))  # 4. (G_b,)
+        above, inside = above_and_inside(ious, cand, thresh, anchor_ctr, gts)  # 4-5. (K, G_b)
+        merge.add(block, *resolve_best(ious, cand, above & inside))  # 6.
+    return merge.matched
 
 
 def pair_inside(points: Tensor, boxes: Tensor, margin: float = 0.01) -> Tensor:

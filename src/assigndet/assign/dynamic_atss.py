@@ -7,8 +7,8 @@ import torch
 from torch import Tensor
 
 from ..boxes import box_centers, box_iou
-from .atss import (ATSSDetails, atss_candidates, atss_select, atss_select_details, candidate_levels, candidate_threshold,
-                   empty_details)
+from .atss import (ATSSDetails, BlockMerge, above_and_inside, atss_candidates, atss_select_details, candidate_levels,
+                   candidate_threshold, empty_details, gt_blocks, resolve_best)
 
 __all__ = ["DynamicATSSDetails", "dynamic_atss_assign"]
 
@@ -55,18 +55,29 @@ def dynamic_atss_assign(
         if details:
             return DynamicATSSDetails(matched, target, empty_details(matched, num_gts, 2, anchors.dtype))
         return matched, target
-    p = box_iou(pred_boxes, gt_boxes, offset=offset)  # 1. (A, G)
-    q = box_iou(anchors, gt_boxes, offset=offset)  # (A, G)
     anchor_ctr = box_centers(anchors)  # (A, 2)
     k = topk * num_anchors_per_location
-    cand = atss_candidates(anchor_ctr, box_centers(gt_boxes), num_anchors_per_level, k)  # 2. (K, G)
     if details:
+        p = box_iou(pred_boxes, gt_boxes, offset=offset)  # 1. (A, G)
+        q = box_iou(anchors, gt_boxes, offset=offset)  # (A, G)
+        cand = atss_candidates(anchor_ctr, box_centers(gt_boxes), num_anchors_per_level, k)  # 2. (K, G)
         levels = candidate_levels(num_anchors_per_level, k, anchors.device)  # (K,)
         d = atss_select_details(p + q, cand, (p.gather(0, cand), q.gather(0, cand)), anchor_ctr, gt_boxes, levels)
         return DynamicATSSDetails(d.matched, _iou_target(p, d.matched), d)
-    thresh = candidate_threshold(p.gather(0, cand), q.gather(0, cand))  # 3. (G,)
-    matched = atss_select(p + q, cand, thresh, anchor_ctr, gt_boxes)  # 4-5. (A,)
-    return matched, _iou_target(p, matched)
+    merge = None
+    for block in gt_blocks(num_anchors, num_gts):  # one block unless there are thousands of GTs
+        gts = gt_boxes[block]
+        p = box_iou(pred_boxes, gts, offset=offset)  # 1. (A, G_b)
+        q = box_iou(anchors, gts, offset=offset)  # (A, G_b)
+        cand = atss_candidates(anchor_ctr, box_centers(gts), num_anchors_per_level, k)  # 2. (K, G_b)
+        thresh = candidate_threshold(p.gather(0, cand), q.gather(0, cand))  # 3. (G_b,)
+        s = p + q  # (A, G_b)
+        above, inside = above_and_inside(s, cand, thresh, anchor_ctr, gts)  # 4. (K, G_b)
+        best, best_gt = resolve_best(s, cand, above & inside)  # 5.
+        if merge is None:  # background anchors' IoU target: with GT 0, as the reference
+            merge = BlockMerge(num_anchors, anchors.device, s.dtype, extra=p[:, 0])
+        merge.add(block, best, best_gt, extra=p.gather(1, best_gt[:, None]).squeeze(1))
+    return merge.matched, merge.extra
 
 
 def _iou_target(p: Tensor, matched: Tensor) -> Tensor:
