@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from conftest import check_preset_runs
 
-from assigndet.zoo import zoo_names
+from assigndet.presets import zoo_names
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # large models on a tiny input
 
