@@ -17,17 +17,10 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # noisy shared machines: no busy-waiting workers
 
 import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
 import assigndet  # noqa: E402
+from assigndet.profile import forward_flops  # noqa: E402
 from bench_atss_vs_fcos import build_fcos  # noqa: E402
 from common import LAST_CPU_MEDIANS, interleaved_medians  # noqa: E402
-
-
-def forward_flops(model: torch.nn.Module, image: torch.Tensor) -> int:
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model([image])
-    return counter.get_total_flops()
 
 
 def main() -> None:
