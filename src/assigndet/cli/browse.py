@@ -12,8 +12,8 @@ def dataset_files(root: str, split: str, ann: str | None, images: str | None) ->
     """(image directory, annotation file) of ``split`` under ``root``: ``--ann`` / ``--images``
     when given (relative to ``root`` unless absolute), else the shapes / ``data.root`` layout
     ``ROOT/annotations/instances_<split>.json`` + ``ROOT/<split>``, else COCO's
-    ``ROOT/annotations/instances_<split>*.json`` + the directory named by the rest of the file name
-    (``instances_val2017.json`` -> ``ROOT/val2017``)."""
+    ``ROOT/annotations/instances_<split>*.json`` + the folder :func:`assigndet.data.check.image_folder`
+    pairs with it (``instances_val2017.json`` -> ``ROOT/val2017`` or ``ROOT/images/val2017``)."""
     base = Path(root)
     if not base.is_dir():
         raise DatasetError(f"dataset directory not found: {base}")
@@ -28,8 +28,15 @@ def dataset_files(root: str, split: str, ann: str | None, images: str | None) ->
                                + (f" (several candidates: {', '.join(m.name for m in matches)})" if matches else "")
                                + "; pass --ann FILE --images DIR")
         found = matches[0]
-    default_images = base / found.stem[len("instances_"):]
-    return (under(images) if images else default_images), found
+    if images:
+        return under(images), found
+    from ..data.check import image_folder  # the one pairing rule of `data check` (loads torch: here only)
+
+    folder = image_folder(base, found)
+    if folder is None:
+        raise DatasetError(f"no image folder for {found} in {base} (looked for {base / found.stem.split('_', 1)[-1]} "
+                           "and under images/); pass --images DIR")
+    return folder, found
 
 
 def cmd_browse(args) -> int:
