@@ -508,3 +508,20 @@ def test_wrong_conventions_would_be_caught(atss_ckpt):
         with torch.no_grad():
             c5 = m.body(batch)[3]
         assert (c5 - ref_c5).abs().max() > 1e-3 * ref_c5.abs().max(), override  # 10x the stage tolerance
+
+
+def test_fast_path_and_plain_path_give_the_same_detections(atss_model):
+    """model.fast_path (FrozenBN folded into the convs, channels-last) against the plain modules on
+    the released checkpoint: the same detections within the parity tolerances (0.01 px, 2e-5)."""
+    image = _image(150, 230, seed=3)
+    model = atss_model
+    assert model.cfg.fast_path and model.body.fast
+    with torch.no_grad():
+        fast = model([image])[0]
+        model.body.fast = False
+        try:
+            plain = model([image])[0]
+        finally:
+            model.body.fast = True
+    assert len(plain["scores"]) > 20
+    assert_same_detections(fast, plain)

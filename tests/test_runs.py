@@ -145,4 +145,4 @@ def test_output_files_get_the_permissions_of_the_umask(shapes, tmp_path, umask, 
 def test_one_list_defines_the_keys_that_may_change_on_resume():
     assert runs.RESUMABLE_KEYS == ("solver.max_iter", "solver.checkpoint_period", "solver.eval_period",
                                    "solver.log_period", "solver.keep_last", "data.num_workers", "test.num_workers",
-                                   "device")
+                                   "device", "model.fast_path")

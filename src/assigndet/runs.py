@@ -38,7 +38,7 @@ CONFIG_FILE = RUN_CONFIG_FILE
 RUN_FILE = "run.json"
 #: the settings that may change when a run is resumed; every other one is the saved run's
 RESUMABLE_KEYS = ("solver.max_iter", "solver.checkpoint_period", "solver.eval_period", "solver.log_period",
-                  "solver.keep_last", "data.num_workers", "test.num_workers", "device")
+                  "solver.keep_last", "data.num_workers", "test.num_workers", "device", "model.fast_path")
 #: a directory holding one of these holds a run
 RUN_MARKERS = (CONFIG_FILE, RUN_FILE, ck.LAST_CHECKPOINT, METRICS_FILE, f"model_*{ck.WEIGHTS_SUFFIX}")
 #: the files a run writes: what ``overwrite=True`` deletes (nothing else in the directory is touched)

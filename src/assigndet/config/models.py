@@ -31,6 +31,9 @@ class ModelConfig:
     # fine-tuning: load a checkpoint trained for another class count; the classifier keeps its
     # fresh initialisation (logged) instead of failing on the shape mismatch
     reinit_classifier: bool = False
+    # the fast path (nn/fastpath.py): BatchNorm folded into the conv before it where it is frozen or
+    # evaluating, channels-last on CPU; the same results to float rounding. false: the plain modules
+    fast_path: bool = True
 
     def __post_init__(self) -> None:
         check_section(self)

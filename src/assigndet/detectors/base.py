@@ -38,7 +38,7 @@ class DenseDetector(nn.Module):
         if len(cfg.anchor_strides) != NUM_LEVELS:
             raise ValueError("the dense detectors use five pyramid levels P3-P7 (anchor_strides of length 5)")
         self.cfg = cfg
-        self.body = build_body(cfg.backbone)
+        self.body = build_body(cfg.backbone, fast=cfg.fast_path)
         self.fpn = RetinaFPN(self.body.out_channels[1:], cfg.fpn_channels, relu_before_p7=cfg.fpn_relu_before_p7)
         self.anchor_generator = AnchorGenerator(
             sizes=cfg.anchor_sizes, strides=cfg.anchor_strides, aspect_ratios=cfg.anchor_aspect_ratios,

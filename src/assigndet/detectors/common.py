@@ -79,11 +79,12 @@ def graph_to_images(images: list[Tensor]) -> bool:
 
 
 # ------------------------------------------------------------------------------ builders
-def build_body(b: BackboneConfig) -> ResNetBody:
-    """The ResNet body of ``model.backbone``, with its ImageNet weights when configured, then frozen."""
+def build_body(b: BackboneConfig, *, fast: bool = True) -> ResNetBody:
+    """The ResNet body of ``model.backbone``, with its ImageNet weights when configured, then frozen;
+    ``fast``: ``model.fast_path``."""
     body = ResNetBody(depth=b.depth, groups=b.groups, width_per_group=b.width_per_group, base_width=b.base_width,
                       style=b.style, norm=b.norm, frozen_bn_eps=b.frozen_bn_eps, freeze_at=0,
-                      stage_with_dcn=list(b.stage_with_dcn))
+                      stage_with_dcn=list(b.stage_with_dcn), fast=fast)
     if b.weights:
         load_backbone_weights(body, b.weights, depth=b.depth, groups=b.groups, width_per_group=b.width_per_group)
     body.freeze(b.freeze_at)

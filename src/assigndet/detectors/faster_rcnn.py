@@ -49,7 +49,7 @@ class FasterRCNN(nn.Module):
         r = cfg.rcnn
         if len(r.rpn_strides) != 5:
             raise ValueError("the two-stage detectors use five pyramid levels P2-P6 (model.rcnn.rpn_strides)")
-        self.body = build_body(cfg.backbone)
+        self.body = build_body(cfg.backbone, fast=cfg.fast_path)
         self.fpn = FPN(self.body.out_channels, cfg.fpn_channels, conv_bias=r.fpn_conv_bias)
         self.rpn = RPN(r, cfg.fpn_channels)
         self.roi_heads = self.build_roi_heads(cfg)

@@ -18,6 +18,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from ..variants import BackboneStyle, Norm
 from .dcn import DeformConv
+from .fastpath import conv_bn, drop_folded, prefers_channels_last, stage_forward
 
 log = logging.getLogger("assigndet")
 
@@ -84,8 +85,11 @@ class ResNetBody(nn.Module):
         frozen_bn_eps: float = 0.0,
         freeze_at: int = 2,
         stage_with_dcn: tuple[bool, ...] | list[bool] = (False, False, False, False),
+        fast: bool = True,
     ) -> None:
         super().__init__()
+        #: the fast path (nn/fastpath.py): BatchNorm folded into its conv where it can be, NHWC on CPU
+        self.fast = fast
         if len(stage_with_dcn) != 4:
             raise ValueError(f"stage_with_dcn needs 4 entries (c2..c5), got {list(stage_with_dcn)}")
         if depth not in _BLOCKS:
@@ -123,12 +127,23 @@ class ResNetBody(nn.Module):
             for p in m.parameters():
                 p.requires_grad_(False)
 
+    def train(self, mode: bool = True) -> "ResNetBody":
+        drop_folded(self)  # folded weights are rebuilt from the current parameters
+        return super().train(mode)
+
     def forward(self, x: Tensor) -> list[Tensor]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        c2 = self.layer1(x)
-        c3 = self.layer2(c2)
-        c4 = self.layer3(c3)
-        c5 = self.layer4(c4)
+        if not self.fast:
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            stage = nn.Sequential.__call__
+        else:
+            if prefers_channels_last(x):
+                x = x.contiguous(memory_format=torch.channels_last)
+            x = self.maxpool(conv_bn(self.conv1, self.bn1, x).relu_())
+            stage = stage_forward
+        c2 = stage(self.layer1, x)
+        c3 = stage(self.layer2, c2)
+        c4 = stage(self.layer3, c3)
+        c5 = stage(self.layer4, c4)
         return [c2, c3, c4, c5]
 
 

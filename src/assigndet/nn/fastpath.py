@@ -1,0 +1,124 @@
+"""The fast path of the ResNet body: a frozen (or evaluating) BatchNorm folded into the convolution
+before it, and the channels-last memory format on CPU.
+
+Folding: ``bn(conv(x, W))`` = ``conv(x, W * s) + (beta - mean * s)`` with ``s = gamma / sqrt(var + eps)``;
+one convolution with a bias instead of a convolution and a pass over its output. It is exact in
+arithmetic and differs from the plain path by float rounding only (about 1e-6 relative). In
+training the folded weight is rebuilt at every forward pass from the convolution's own parameter
+(the gradient reaches ``W`` through the product); without autograd it is built once and reused
+until the weight or the statistics change (``_version`` and storage of the tensors: loading a
+state dict, ``.to(device)`` or an optimiser step rebuild it; so does ``train()`` / ``eval()``,
+which drops the cache: call one after editing weights through ``.data``, which keeps no version). A trainable BatchNorm in training
+mode is never folded (its statistics come from the batch).
+
+The state dict keeps its names and tensors: ``conv1.weight``, ``bn1.running_var`` ... as on the
+plain path, so checkpoints move freely between the two.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.ops import FrozenBatchNorm2d
+
+
+def foldable(conv: nn.Module, bn: nn.Module) -> bool:
+    """Whether ``bn(conv(x))`` can run as one convolution: a plain Conv2d followed by a FrozenBN or
+    by a BatchNorm evaluating on its running statistics."""
+    if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros":
+        return False
+    if isinstance(bn, FrozenBatchNorm2d):
+        return True
+    return (isinstance(bn, nn.modules.batchnorm._BatchNorm) and not bn.training
+            and bn.running_mean is not None and bn.running_var is not None)
+
+
+def _bn_affine(bn: nn.Module) -> tuple[Tensor, Tensor]:
+    """The per-channel scale and shift of a frozen or evaluating BatchNorm."""
+    gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)
+    beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
+    scale = gamma * (bn.running_var + bn.eps).rsqrt()  # (C,)
+    return scale, beta - bn.running_mean * scale
+
+
+def _tracing() -> bool:
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
+def drop_folded(module: nn.Module) -> None:
+    """Forget every cached folded weight under ``module``."""
+    for m in module.modules():
+        m.__dict__.pop(_CACHE, None)
+
+
+_CACHE = "_assigndet_fold"
+
+
+def _key(tensors) -> tuple:
+    return tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in tensors if t is not None)
+
+
+def folded_weights(conv: nn.Conv2d, bn: nn.Module) -> tuple[Tensor, Tensor]:
+    """(weight, bias) of the folded convolution; cached on ``bn`` while no gradient is needed."""
+    scale, shift = _bn_affine(bn)
+    needs_graph = torch.is_grad_enabled() and (conv.weight.requires_grad or scale.requires_grad
+                                               or shift.requires_grad)
+    if needs_graph or _tracing():  # traced graphs (export, compile) fold in the graph
+        return _fold(conv, scale, shift)
+    key = _key((conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var))
+    cache = bn.__dict__.get(_CACHE)
+    if cache is None or cache[0] != key:
+        cache = (key, _fold(conv, scale, shift))
+        bn.__dict__[_CACHE] = cache  # a plain attribute: not in the state dict
+    return cache[1]
+
+
+def _fold(conv: nn.Conv2d, scale: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
+    weight = conv.weight * scale.to(conv.weight.dtype)[:, None, None, None]  # (O, I/g, kh, kw)
+    bias = shift if conv.bias is None else shift + conv.bias * scale
+    return weight, bias.to(conv.weight.dtype)
+
+
+def conv_bn(conv: nn.Module, bn: nn.Module, x: Tensor) -> Tensor:
+    """``bn(conv(x))``, as one convolution when :func:`foldable`."""
+    if not foldable(conv, bn):
+        return bn(conv(x))
+    weight, bias = folded_weights(conv, bn)
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def _downsample(blk: nn.Module, x: Tensor) -> Tensor:
+    d = blk.downsample
+    if d is None:
+        return x
+    if isinstance(d, nn.Sequential) and len(d) == 2:
+        return conv_bn(d[0], d[1], x)
+    return d(x)
+
+
+def block_forward(blk: nn.Module, x: Tensor) -> Tensor:
+    """torchvision's Bottleneck / BasicBlock forward with every conv + BN folded where it can be."""
+    identity = _downsample(blk, x)
+    if isinstance(blk, Bottleneck):
+        out = conv_bn(blk.conv1, blk.bn1, x).relu_()
+        out = conv_bn(blk.conv2, blk.bn2, out).relu_()
+        out = conv_bn(blk.conv3, blk.bn3, out)
+    elif isinstance(blk, BasicBlock):
+        out = conv_bn(blk.conv1, blk.bn1, x).relu_()
+        out = conv_bn(blk.conv2, blk.bn2, out)
+    else:
+        return blk(x)
+    return out.add_(identity).relu_()
+
+
+def stage_forward(stage: nn.Sequential, x: Tensor) -> Tensor:
+    for blk in stage:
+        x = block_forward(blk, x)
+    return x
+
+
+def prefers_channels_last(x: Tensor) -> bool:
+    """Whether the convolutions of ``x``'s device run faster on NHWC (measured: CPU, float32, by
+    benchmarks/bench_atss_vs_fcos.py); CUDA keeps NCHW (untested here without a GPU)."""
+    return x.device.type == "cpu" and x.dim() == 4 and not _tracing()  # an exported graph has no layout
