@@ -118,6 +118,21 @@ def test_malformed_targets_are_one_clear_error(bad, message):
         m(images(), [targets_of("one_gt")[0], bad])
 
 
+def test_target_checks_synchronise_with_the_host_once_per_batch(monkeypatch):
+    """Valid targets of 8 images: one tensor -> Python bool for the whole batch (on CUDA each one
+    would wait for the device), none per image; no .item()/.tolist() either."""
+    from assigndet.detectors.common import check_targets
+
+    calls = []
+    for name in ("__bool__", "item", "tolist"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=original, _n=name: calls.append(_n) or _o(self, *a))
+    targets = [{"boxes": torch.tensor([[1.0, 2.0, 5.0 + i, 9.0]] * 3), "labels": torch.tensor([0, 1, 2]),
+                "image_id": torch.tensor(i)} for i in range(8)]
+    check_targets(targets, 8, num_classes=3, training=True)
+    assert calls == ["__bool__"]
+
+
 @pytest.mark.parametrize("bad, message", [
     (torch.zeros(3, 32, 32), r"list of .* got a tensor of shape \(3, 32, 32\)"),
     ({"image": torch.zeros(3, 32, 32)}, "list of .* got dict"),

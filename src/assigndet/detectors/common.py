@@ -31,7 +31,8 @@ def check_images(images) -> None:
 def check_targets(targets: list[dict] | None, num_images: int, num_classes: int, *, training: bool = False) -> None:
     """Training needs targets; given targets must be well formed (a :class:`TargetError` names the
     image and, for a bad box, its index): boxes (G, 4) finite with x2 > x1 and y2 > y1, as
-    torchvision requires, and integer labels in [0, num_classes)."""
+    torchvision requires, and integer labels in [0, num_classes). The values of all images are
+    tested at once: one host synchronisation per batch, the per-image search only on a failure."""
     if targets is None:
         if training:
             raise ValueError("in training mode the model needs targets")
@@ -39,22 +40,50 @@ def check_targets(targets: list[dict] | None, num_images: int, num_classes: int,
     if len(targets) != num_images:
         raise TargetError(f"got {num_images} images but {len(targets)} targets")
     for i, t in enumerate(targets):
-        image_id = t.get("image_id", i) if isinstance(t, dict) else i
-        _check_target(t, f"image {image_id.tolist() if isinstance(image_id, Tensor) else image_id}", num_classes)
+        _check_structure(t, i)
+    given = [t for t in targets if t["boxes"].numel()]
+    if not given:
+        return
+    if len({t["boxes"].device for t in given}) == 1:
+        boxes = torch.cat([t["boxes"].float() for t in given])  # (G, 4) as the model sees them
+        if not bool(_bad_boxes(boxes, torch.cat([t["labels"] for t in given]), num_classes).any()):
+            return
+    for i, t in enumerate(targets):  # find and name the first bad box
+        _check_values(t, _image_name(t, i), num_classes)
 
 
-def _check_target(t: dict, name: str, num_classes: int) -> None:
+def _image_name(t, i: int) -> str:
+    image_id = t.get("image_id", i) if isinstance(t, dict) else i
+    return f"image {image_id.tolist() if isinstance(image_id, Tensor) else image_id}"
+
+
+def _bad_boxes(b: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """(G,) True for a box that is non-finite, empty (x2 <= x1 or y2 <= y1) or of a label outside
+    [0, num_classes); ``b`` as the model sees it (float32: float64 widths below its precision collapse)."""
+    return (~torch.isfinite(b).all(dim=1) | (b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])
+            | (labels < 0) | (labels >= num_classes))
+
+
+def _check_structure(t: dict, i: int) -> None:
+    """Types and shapes (no synchronisation; the image is named only in an error)."""
     if not isinstance(t, dict) or "boxes" not in t or "labels" not in t:
-        raise TargetError(f"{name}: a target needs 'boxes' and 'labels'")
+        raise TargetError(f"{_image_name(t, i)}: a target needs 'boxes' and 'labels'")
     boxes, labels = t["boxes"], t["labels"]
     if not isinstance(boxes, Tensor) or not isinstance(labels, Tensor):
-        raise TargetError(f"{name}: 'boxes' and 'labels' must be tensors")
-    if boxes.dim() != 2 or boxes.shape[1] != 4 or labels.shape != boxes.shape[:1]:
-        raise TargetError(f"{name}: boxes must be (G, 4) and labels (G,), got {tuple(boxes.shape)} and {tuple(labels.shape)}")
+        problem = "'boxes' and 'labels' must be tensors"
+    elif boxes.dim() != 2 or boxes.shape[1] != 4 or labels.shape != boxes.shape[:1]:
+        problem = f"boxes must be (G, 4) and labels (G,), got {tuple(boxes.shape)} and {tuple(labels.shape)}"
+    elif boxes.numel() and (labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool):
+        problem = f"labels must be an integer tensor, got {labels.dtype}"
+    else:
+        return
+    raise TargetError(f"{_image_name(t, i)}: {problem}")
+
+
+def _check_values(t: dict, name: str, num_classes: int) -> None:
+    boxes, labels = t["boxes"], t["labels"]
     if not boxes.numel():
         return
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TargetError(f"{name}: labels must be an integer tensor, got {labels.dtype}")
     if not bool(torch.isfinite(boxes).all()):
         j = int(torch.nonzero(~torch.isfinite(boxes).all(dim=1))[0])
         raise TargetError(f"{name}: box {j} has non-finite coordinates {boxes[j].tolist()}")
