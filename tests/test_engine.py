@@ -189,6 +189,13 @@ def test_scheduler_steps_after_each_iteration_and_state_roundtrip(tmp_path):
     assert sch2.last_epoch == 5 and sch2.get_last_lr() == sch.get_last_lr()
 
 
+def test_progress_bars_cover_training_and_the_final_evaluation_with_an_eta(shapes, tmp_path, capsys):
+    train(tiny_config(shapes, max_iter=3), tmp_path / "run", build_model_fn=TinyDetector, progress=True)
+    err = capsys.readouterr().err
+    assert "train: 100%" in err and "3/3" in err and "<00:00" in err  # tqdm's [elapsed<remaining]
+    assert "eval: 100%" in err
+
+
 def test_total_batch_must_divide_over_the_processes():
     with pytest.raises(ConfigError, match="not divisible"):
         validate_solver(SolverConfig(ims_per_batch=3), world_size=2)

@@ -314,12 +314,12 @@ def _loop(run: _Run, result: TrainResult, start_iter: int, log: MetricsLog, prog
             _after_step(run, result, done, log)
 
 
-def _finish(run: _Run, result: TrainResult, log: MetricsLog, evaluate_at_end: bool) -> None:
-    """The final checkpoint and evaluation."""
-    max_iter = run.cfg.solver.max_iter
-    result.checkpoint = _save_checkpoint(run, max_iter, ck.FINAL_NAME)
+def _finish(run: _Run, result: TrainResult, log: MetricsLog, evaluate_at_end: bool, progress: bool) -> None:
+    """The final checkpoint and evaluation (with a progress bar when ``progress``)."""
+    result.checkpoint = _save_checkpoint(run, max_iter := run.cfg.solver.max_iter, ck.FINAL_NAME)
     if evaluate_at_end:
-        result.metrics = evaluate(run.model, run.cfg, run.out, dataset=run.validation_set(), iteration=max_iter)
+        result.metrics = evaluate(run.model, run.cfg, run.out, dataset=run.validation_set(), iteration=max_iter,
+                                  progress=progress)
         log.log_eval(result.metrics, max_iter)
 
 
@@ -375,7 +375,7 @@ def train(cfg: Config, output_dir: str | os.PathLike, *, resume: bool = False, o
         _loop(run, result, start_iter, log, bar)
         if not result.interrupted:
             bar.close()
-            _finish(run, result, log, evaluate_at_end)
+            _finish(run, result, log, evaluate_at_end, progress)
     except Exception as e:
         bar.close()
         if result.iteration > start_iter and not (result.checkpoint and result.checkpoint.stem == ck.FINAL_NAME):

@@ -17,6 +17,7 @@ import contextlib
 import io
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
@@ -25,6 +26,7 @@ import torch
 from faster_coco_eval import COCO, COCOeval_faster
 from safetensors import SafetensorError, safe_open
 from torch import nn
+from tqdm import tqdm
 
 from .checkpoints import unwrap_model
 from .config import Config, apply_overrides, config_from_yaml
@@ -281,12 +283,15 @@ def inference(model: nn.Module, images: Iterable[torch.Tensor], *, batch_size: i
     return out
 
 
-def _infer_shard(model: nn.Module, dataset, cfg: Config, device: torch.device) -> dict[int, dict]:
+def _infer_shard(model: nn.Module, dataset, cfg: Config, device: torch.device, progress: bool) -> dict[int, dict]:
     """This process's detections ``{image_id: prediction}`` on its strided shard of ``dataset``;
-    the RNG states and the model's train/eval mode are left as they were."""
+    the RNG states and the model's train/eval mode are left as they were. ``progress``: a bar
+    over the batches on rank 0 (stderr)."""
     world, rank = get_world_size(), get_rank()
     loader = build_test_loader(dataset, batch_size=max(1, cfg.test.ims_per_batch // world),
                                num_workers=cfg.test.num_workers, world_size=world, rank=rank)
+    if progress and rank == 0:
+        loader = tqdm(loader, desc="eval", total=len(loader), dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
     amp = AMP.off if cfg.solver.amp is AMP.fp16 and device.type != "cuda" else cfg.solver.amp
     rng = get_rng_state()  # iterating a DataLoader draws its base seed from the global RNG
     was_training = model.training
@@ -327,8 +332,9 @@ def _score(preds: dict[int, dict], dataset: CocoDetection, output_dir: Optional[
 @torch.no_grad()
 def evaluate(model: nn.Module, cfg: Config, output_dir: Optional[str | os.PathLike] = None, *,
              dataset: Optional[CocoDetection] = None, iteration: Optional[int] = None,
-             verbose: bool = True) -> dict[str, Any]:
-    """COCO evaluation of ``model`` on ``cfg.data``'s validation split (or ``dataset``).
+             verbose: bool = True, progress: bool = False) -> dict[str, Any]:
+    """COCO evaluation of ``model`` on ``cfg.data``'s validation split (or ``dataset``); with
+    ``progress`` a bar over the images on rank 0.
 
     Each process infers its strided shard of the first ``cfg.test.max_images`` images (all when
     0); rank 0 gathers the detections, writes ``detections.json`` (COCO results) and
@@ -343,7 +349,7 @@ def evaluate(model: nn.Module, cfg: Config, output_dir: Optional[str | os.PathLi
     shown = base
     if 0 < cfg.test.max_images < len(base):
         shown = torch.utils.data.Subset(base, range(cfg.test.max_images))
-    local = _infer_shard(model, shown, cfg, device)
+    local = _infer_shard(model, shown, cfg, device, progress)
     gathered = all_gather_object(local) if is_dist() else [local]
     metrics: Optional[dict[str, Any]] = None
     if is_main_process():
