@@ -1,7 +1,9 @@
 """ATSS R-50-FPN (assigndet, preset atss_R_50_FPN_1x) against torchvision's FCOS R-50-FPN with the
 same backbone (FrozenBN, stem + layer1 frozen), FPN P3-P7, head (4 GN convs per tower, 256 ch)
 and 80 classes, on the same image in the same process: inference and one training step
-(forward + backward + SGD step). Times are medians of interleaved repetitions.
+(forward + backward + SGD step). Times are medians of interleaved repetitions. ``atss_plain`` is
+the same ATSS (same weights) with ``model.fast_path=false``: what the fast path (FrozenBN folded
+into the convs, channels-last) contributes.
 
     python benchmarks/bench_atss_vs_fcos.py --repeats 7 --threads 2
 """
@@ -43,6 +45,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     atss = assigndet.build_detector("atss_R_50_FPN_1x")
+    plain = assigndet.build_detector("atss_R_50_FPN_1x", overrides=["model.fast_path=false"])
+    plain.load_state_dict(atss.state_dict())
     fcos = build_fcos()
     image = torch.rand(3, args.height, args.width)
     xy = torch.rand(args.gts, 2) * torch.tensor([args.width * 0.7, args.height * 0.7])
@@ -51,6 +55,7 @@ def main() -> None:
     labels = torch.randint(0, 80, (args.gts,))
     t_atss = [{"boxes": boxes, "labels": labels}]
     t_fcos = [{"boxes": boxes, "labels": labels}]
+    models = {"atss": (atss, t_atss), "atss_plain": (plain, t_atss), "fcos": (fcos, t_fcos)}
 
     def infer(m):
         m.eval()
@@ -58,7 +63,7 @@ def main() -> None:
             m([image])
 
     opts = {k: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-5, momentum=0.9)
-            for k, m in (("atss", atss), ("fcos", fcos))}
+            for k, (m, _) in models.items()}
 
     def step(name, m, t):
         m.train()
@@ -67,9 +72,9 @@ def main() -> None:
         sum(losses.values()).backward()
         opts[name].step()
 
-    inf = interleaved_medians({"atss": lambda: infer(atss), "fcos": lambda: infer(fcos)}, repeats=args.repeats)
+    inf = interleaved_medians({k: (lambda m=m: infer(m)) for k, (m, _) in models.items()}, repeats=args.repeats)
     inf_cpu = dict(common.LAST_CPU_MEDIANS)
-    trn = interleaved_medians({"atss": lambda: step("atss", atss, t_atss), "fcos": lambda: step("fcos", fcos, t_fcos)},
+    trn = interleaved_medians({k: (lambda k=k, m=m, t=t: step(k, m, t)) for k, (m, t) in models.items()},
                               repeats=args.repeats)
     trn_cpu = dict(common.LAST_CPU_MEDIANS)
     res = {"threads": args.threads, "image": [args.height, args.width], "repeats": args.repeats,
@@ -78,7 +83,10 @@ def main() -> None:
            "train_step_ratio_atss_over_fcos": trn["atss"] / trn["fcos"],
            "cpu_inference_s": inf_cpu, "cpu_train_step_s": trn_cpu,
            "cpu_inference_ratio_atss_over_fcos": inf_cpu["atss"] / inf_cpu["fcos"],
-           "cpu_train_step_ratio_atss_over_fcos": trn_cpu["atss"] / trn_cpu["fcos"]}
+           "cpu_train_step_ratio_atss_over_fcos": trn_cpu["atss"] / trn_cpu["fcos"],
+           "fast_over_plain": {"inference": inf["atss"] / inf["atss_plain"], "train_step": trn["atss"] / trn["atss_plain"],
+                               "cpu_inference": inf_cpu["atss"] / inf_cpu["atss_plain"],
+                               "cpu_train_step": trn_cpu["atss"] / trn_cpu["atss_plain"]}}
     print(json.dumps(res, indent=1))
 
 

@@ -106,7 +106,7 @@ def test_transform_takes_the_short_side_from_the_target():
     assert t.eval()([img], [{"boxes": torch.zeros(0, 4), "min_size": 80}])[1] == [(64, 74)]  # test size
 
 
-def test_batch_is_built_out_of_place_so_gradients_reach_the_input():
+def test_batch_carries_gradients_to_the_input_images():
     img = torch.rand(3, 30, 40, requires_grad=True)
     batch = pad_batch([img, torch.rand(3, 20, 50)], 32)
     assert batch.shape == (2, 3, 32, 64) and torch.equal(batch[0, :, :30, :40], img.detach())

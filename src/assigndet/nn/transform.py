@@ -94,14 +94,18 @@ def _warn_no_opencv() -> None:
 def pad_batch(images: list[Tensor], size_divisible: int, extent: tuple[int, int] | None = None) -> Tensor:
     """Images (3, H_i, W_i) -> one zero-padded batch (B, 3, H, W), H and W the largest sides (or
     ``extent``, when given, at least) rounded up to a multiple of ``size_divisible``; each image at
-    the top left. Built out of place (``F.pad`` + ``stack``), so gradients reach the images."""
+    the top left. One allocation and one copy per image; gradients reach the images (autograd
+    records the copies into the batch)."""
     d = size_divisible
     hmax = max(x.shape[1] for x in images)
     wmax = max(x.shape[2] for x in images)
     if extent is not None:
         hmax, wmax = max(hmax, extent[0]), max(wmax, extent[1])
     hmax, wmax = (hmax + d - 1) // d * d, (wmax + d - 1) // d * d
-    return torch.stack([tnf.pad(x, (0, wmax - x.shape[2], 0, hmax - x.shape[1])) for x in images])  # (B, 3, H, W)
+    batch = images[0].new_zeros(len(images), images[0].shape[0], hmax, wmax)  # (B, 3, H, W)
+    for i, x in enumerate(images):
+        batch[i, :, : x.shape[1], : x.shape[2]].copy_(x)
+    return batch
 
 
 def global_extent(images: list[Tensor]) -> tuple[int, int] | None:
@@ -184,12 +188,15 @@ class ImageTransform(nn.Module):
         return TF.resize(image, list(size), antialias=True)
 
     def _normalise(self, image: Tensor) -> Tensor:
-        x = image.to(self.pixel_mean.dtype)
-        if image.dtype != torch.uint8:
-            x = x * 255.0
+        """(x [x 255] [RGB -> BGR] - mean) / std in two passes over a float tensor of our own: the
+        channel flip on the uint8 image (a quarter of the bytes), one conversion, then in place."""
         if self.to_bgr255:
-            x = x.flip(0)  # RGB -> BGR; mean and std are on the 0..255 scale either way
-        return (x - self.pixel_mean) / self.pixel_std
+            image = image.flip(0)  # RGB -> BGR; mean and std are on the 0..255 scale either way
+        if image.dtype == torch.uint8:
+            x = image.to(self.pixel_mean.dtype)
+        else:  # floats 0..1; a new tensor (never the caller's image, which may be a leaf)
+            x = image.to(self.pixel_mean.dtype) * 255.0
+        return x.sub_(self.pixel_mean).div_(self.pixel_std)
 
     def prepare(self, image: Tensor, size: tuple[int, int]) -> Tensor:
         """One image (3, H, W) resized to ``size`` (H', W') and normalised -> (3, H', W'), unpadded
