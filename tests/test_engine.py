@@ -19,7 +19,8 @@ from assigndet import config as C
 from assigndet.config import Config, ConfigError, DataConfig, ModelConfig, SolverConfig
 from assigndet.engine import (WarmupMultiStepLR, build_optimizer, evaluate, inference, lr_factor, scaled_lr, train,
                               validate_solver)
-from assigndet.variants import AMP, Warmup
+from assigndet.variants import AMP, Optimizer, Warmup
+from assigndet.presets import load_config
 
 LOSS_KEYS = ("loss_box", "loss_cls", "total")
 
@@ -169,6 +170,20 @@ def test_param_groups_and_linear_scaling():
     assert w["lr"] == pytest.approx(0.005) and w["weight_decay"] == 1e-4 and len(w["params"]) == 2  # conv.w, gn.w
     assert b["lr"] == pytest.approx(0.01) and b["weight_decay"] == 0.0 and len(b["params"]) == 2  # conv.b, gn.b
     assert all(g["momentum"] == 0.9 for g in opt.param_groups)
+    assert isinstance(opt, torch.optim.SGD)
+
+
+def test_adamw_keeps_the_groups_scaling_and_decays_decoupled():
+    s = SolverConfig(optimizer=Optimizer.adamw, ims_per_batch=8, base_lr=0.002, reference_batch=8,
+                     weight_decay=0.05, weight_decay_bias=0.0, bias_lr_factor=1.0, momentum=0.8)
+    opt = build_optimizer(nn.Conv2d(3, 4, 3), s)
+    assert isinstance(opt, torch.optim.AdamW)
+    w, b = opt.param_groups
+    assert w["lr"] == b["lr"] == pytest.approx(0.002) and w["weight_decay"] == 0.05 and b["weight_decay"] == 0.0
+    assert w["betas"] == (0.8, 0.999)
+    assert load_config("atss_R_18_shapes", ["solver.optimizer=adamw"]).solver.optimizer is Optimizer.adamw
+    with pytest.raises(ConfigError, match="optimizer"):
+        load_config("atss_R_18_shapes", ["solver.optimizer=adam"])
 
 
 def test_scheduler_steps_after_each_iteration_and_state_roundtrip(tmp_path):

@@ -173,3 +173,17 @@ def test_paa_minimal_cut_rule(monkeypatch):
     assert mmd.is_positive[0].tolist() == [False, True, False, True] + [False] * 5
     # GT 1: fg is a prefix, all three rules agree
     assert orig.is_positive[1].tolist() == mini.is_positive[1].tolist() == mmd.is_positive[1].tolist()
+
+
+def test_the_demo_preset_is_the_shapes_model_with_its_own_inputs_and_schedule():
+    from dataclasses import asdict
+
+    from assigndet.cli import DEMO_PRESET
+    from assigndet.variants import Optimizer
+
+    demo, base = get_preset(DEMO_PRESET), get_preset("atss_R_18_shapes")
+    assert DEMO_PRESET == "atss_R_18_shapes_5min"
+    a, b = asdict(demo.model), asdict(base.model)
+    assert a.pop("input") != b.pop("input") and a == b  # the same network: weights move between the two
+    assert demo.solver.optimizer is Optimizer.adamw and demo.solver.max_iter < base.solver.max_iter
+    assert demo.model.input.max_size_train <= 320  # the shapes images are 160-320 px: no upscaling

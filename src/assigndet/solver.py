@@ -17,7 +17,7 @@ from torch import nn
 from .config import SolverConfig
 from .errors import ConfigError
 from .utils import get_world_size, is_dist
-from .variants import AMP, Warmup
+from .variants import AMP, Optimizer, Warmup
 
 
 # ============================================================================ optimiser / schedule
@@ -26,8 +26,9 @@ def scaled_lr(solver: SolverConfig) -> float:
     return solver.base_lr * solver.ims_per_batch / solver.reference_batch
 
 
-def build_optimizer(model: nn.Module, solver: SolverConfig) -> torch.optim.SGD:
-    """SGD with momentum and two parameter groups (trainable parameters only):
+def build_optimizer(model: nn.Module, solver: SolverConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (``solver.optimizer=sgd``) or AdamW (``adamw``, betas (momentum, 0.999),
+    decoupled weight decay) over two parameter groups (trainable parameters only):
 
     * group 0: every parameter whose name does not contain ``"bias"``: ``lr``, ``weight_decay``;
     * group 1: names containing ``"bias"``: ``lr * bias_lr_factor``, ``weight_decay_bias``.
@@ -46,6 +47,8 @@ def build_optimizer(model: nn.Module, solver: SolverConfig) -> torch.optim.SGD:
     groups = [g for g in groups if g["params"]]
     if not groups:
         raise ConfigError("the model has no trainable parameter")
+    if solver.optimizer is Optimizer.adamw:
+        return torch.optim.AdamW(groups, lr=lr, betas=(solver.momentum, 0.999))
     return torch.optim.SGD(groups, lr=lr, momentum=solver.momentum)
 
 

@@ -115,6 +115,11 @@ class Warmup(Choice):
     linear = "linear"
 
 
+class Optimizer(Choice):
+    sgd = "sgd"  # with momentum (the papers' recipe)
+    adamw = "adamw"  # decoupled weight decay; betas (momentum, 0.999)
+
+
 class AMP(Choice):
     off = "off"
     bf16 = "bf16"

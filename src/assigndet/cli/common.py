@@ -8,7 +8,7 @@ from typing import Any, Optional
 from ..errors import InputError
 
 #: the small preset trained by ``assigndet demo`` on the generated shapes dataset
-DEMO_PRESET = "atss_R_18_shapes"
+DEMO_PRESET = "atss_R_18_shapes_5min"
 
 
 def say(*args: Any, **kw: Any) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..variants import AMP, BackboneStyle, IoULoss, IoURank, LowQuality, Norm, ResizeRule, RoIPool, TTAMerge, Warmup
+from ..variants import (AMP, BackboneStyle, IoULoss, IoURank, LowQuality, Norm, Optimizer, ResizeRule, RoIPool, TTAMerge,
+                        Warmup)
 from .rules import check_section
 
 #: maskrcnn-benchmark / Detectron caffe2 pixel mean, BGR order, 0..255 scale.
@@ -171,7 +172,8 @@ class SolverConfig:
     ims_per_batch: int = 16  # total over all processes
     base_lr: float = 0.01  # for reference_batch images; scaled linearly with ims_per_batch
     reference_batch: int = 16
-    momentum: float = 0.9
+    optimizer: Optimizer = Optimizer.sgd
+    momentum: float = 0.9  # SGD's momentum; AdamW's first beta
     weight_decay: float = 1e-4
     weight_decay_bias: float = 0.0
     bias_lr_factor: float = 2.0
