@@ -222,7 +222,7 @@ def atss_R_18_shapes_5min() -> Config:
     cfg = atss_R_18_shapes()
     i, s = cfg.model.input, cfg.solver
     i.min_size_train, i.max_size_train, i.min_size_test, i.max_size_test = [160, 224], 320, 224, 320
-    s.optimizer, s.base_lr, s.weight_decay = Optimizer.adamw, 1e-3, 0.05
+    s.optimizer, s.base_lr, s.weight_decay = Optimizer.adamw, 1.5e-3, 0.05
     s.max_iter, s.steps, s.warmup_iters = 700, [525, 650], 70
     return cfg
 
