@@ -61,20 +61,20 @@ def _key(tensors) -> tuple:
 
 def folded_weights(conv: nn.Conv2d, bn: nn.Module) -> tuple[Tensor, Tensor]:
     """(weight, bias) of the folded convolution; cached on ``bn`` while no gradient is needed."""
-    scale, shift = _bn_affine(bn)
-    needs_graph = torch.is_grad_enabled() and (conv.weight.requires_grad or scale.requires_grad
-                                               or shift.requires_grad)
+    tensors = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+    needs_graph = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     if needs_graph or _tracing():  # traced graphs (export, compile) fold in the graph
-        return _fold(conv, scale, shift)
-    key = _key((conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var))
+        return _fold(conv, bn)
+    key = _key(tensors)
     cache = bn.__dict__.get(_CACHE)
     if cache is None or cache[0] != key:
-        cache = (key, _fold(conv, scale, shift))
+        cache = (key, _fold(conv, bn))
         bn.__dict__[_CACHE] = cache  # a plain attribute: not in the state dict
     return cache[1]
 
 
-def _fold(conv: nn.Conv2d, scale: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
+def _fold(conv: nn.Conv2d, bn: nn.Module) -> tuple[Tensor, Tensor]:
+    scale, shift = _bn_affine(bn)
     weight = conv.weight * scale.to(conv.weight.dtype)[:, None, None, None]  # (O, I/g, kh, kw)
     bias = shift if conv.bias is None else shift + conv.bias * scale
     return weight, bias.to(conv.weight.dtype)
