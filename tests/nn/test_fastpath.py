@@ -118,3 +118,29 @@ def test_channels_last_reaches_the_features_on_cpu_only_on_the_fast_path():
     with torch.no_grad():
         assert fast.eval()(x)[0].is_contiguous(memory_format=torch.channels_last)
         assert plain.eval()(x)[0].is_contiguous()
+
+
+def test_a_hook_inside_the_body_fires_and_sees_the_plain_features():
+    fast, plain = _pair(depth=18, base_width=8)
+    fast.eval(), plain.eval()
+    seen = []
+    handle = fast.layer3.register_forward_hook(lambda m, i, out: seen.append(out))
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        hooked = fast(x)
+        handle.remove()
+        assert len(seen) == 1 and _close(seen[0], plain(x)[2])
+        assert hooked[0].is_contiguous()  # the plain modules ran
+        assert fast(x)[0].is_contiguous(memory_format=torch.channels_last)  # without the hook: fast again
+
+
+def test_repeated_eval_keeps_the_folded_weights_and_switching_modes_drops_them():
+    fast, _ = _pair(depth=18, base_width=8)
+    bn = fast.layer2[0].bn1
+    with torch.no_grad():
+        fast.eval()(torch.randn(1, 3, 32, 32))
+        cached = bn.__dict__["_assigndet_fold"]
+        fast.eval()  # as every inference() call does
+        assert bn.__dict__["_assigndet_fold"] is cached
+        fast.train()
+        assert "_assigndet_fold" not in bn.__dict__

@@ -44,7 +44,7 @@ def check_targets(targets: list[dict] | None, num_images: int, num_classes: int,
     given = [t for t in targets if t["boxes"].numel()]
     if not given:
         return
-    if len({t["boxes"].device for t in given}) == 1:
+    if len({t[k].device for t in given for k in ("boxes", "labels")}) == 1:  # else: image by image
         boxes = torch.cat([t["boxes"].float() for t in given])  # (G, 4) as the model sees them
         if not bool(_bad_boxes(boxes, torch.cat([t["labels"] for t in given]), num_classes).any()):
             return

@@ -18,7 +18,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from ..variants import BackboneStyle, Norm
 from .dcn import DeformConv
-from .fastpath import conv_bn, drop_folded, prefers_channels_last, stage_forward
+from .fastpath import conv_bn, drop_folded, inner_hooks, prefers_channels_last, stage_forward
 
 log = logging.getLogger("assigndet")
 
@@ -88,7 +88,8 @@ class ResNetBody(nn.Module):
         fast: bool = True,
     ) -> None:
         super().__init__()
-        #: the fast path (nn/fastpath.py): BatchNorm folded into its conv where it can be, NHWC on CPU
+        #: the fast path (nn/fastpath.py): BatchNorm folded into its conv where it can be, NHWC on CPU;
+        #: the plain modules run instead while a module inside has a forward hook (it would not fire)
         self.fast = fast
         if len(stage_with_dcn) != 4:
             raise ValueError(f"stage_with_dcn needs 4 entries (c2..c5), got {list(stage_with_dcn)}")
@@ -128,18 +129,19 @@ class ResNetBody(nn.Module):
                 p.requires_grad_(False)
 
     def train(self, mode: bool = True) -> "ResNetBody":
-        drop_folded(self)  # folded weights are rebuilt from the current parameters
+        if mode != self.training:  # switching: folded weights are rebuilt from the current parameters
+            drop_folded(self)
         return super().train(mode)
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        if not self.fast:
-            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-            stage = nn.Sequential.__call__
-        else:
+        if self.fast and not inner_hooks(self):
             if prefers_channels_last(x):
                 x = x.contiguous(memory_format=torch.channels_last)
             x = self.maxpool(conv_bn(self.conv1, self.bn1, x).relu_())
             stage = stage_forward
+        else:
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            stage = nn.Module.__call__  # the modules themselves (with their hooks)
         c2 = stage(self.layer1, x)
         c3 = stage(self.layer2, c2)
         c4 = stage(self.layer3, c3)

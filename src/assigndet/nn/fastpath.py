@@ -7,9 +7,14 @@ arithmetic and differs from the plain path by float rounding only (about 1e-6 re
 training the folded weight is rebuilt at every forward pass from the convolution's own parameter
 (the gradient reaches ``W`` through the product); without autograd it is built once and reused
 until the weight or the statistics change (``_version`` and storage of the tensors: loading a
-state dict, ``.to(device)`` or an optimiser step rebuild it; so does ``train()`` / ``eval()``,
-which drops the cache: call one after editing weights through ``.data``, which keeps no version). A trainable BatchNorm in training
+state dict, ``.to(device)`` or an optimiser step rebuild it; so does switching between ``train()``
+and ``eval()``, which drops the cache: do so after editing weights through ``.data``, which keeps
+no version; a repeated ``eval()``, as every ``inference`` call makes, keeps it). A trainable BatchNorm in training
 mode is never folded (its statistics come from the batch).
+
+A forward hook on a module inside the body (a feature extractor on ``layer3``, say) would not fire
+on the fast path, which calls the blocks' pieces itself: while one is registered the body runs its
+plain modules instead (:func:`inner_hooks`).
 
 The state dict keeps its names and tensors: ``conv1.weight``, ``bn1.running_var`` ... as on the
 plain path, so checkpoints move freely between the two.
@@ -19,6 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as _hooks
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import FrozenBatchNorm2d
 
@@ -99,17 +105,25 @@ def _downsample(blk: nn.Module, x: Tensor) -> Tensor:
 
 def block_forward(blk: nn.Module, x: Tensor) -> Tensor:
     """torchvision's Bottleneck / BasicBlock forward with every conv + BN folded where it can be."""
+    if not isinstance(blk, (Bottleneck, BasicBlock)):
+        return blk(x)
     identity = _downsample(blk, x)
     if isinstance(blk, Bottleneck):
         out = conv_bn(blk.conv1, blk.bn1, x).relu_()
         out = conv_bn(blk.conv2, blk.bn2, out).relu_()
         out = conv_bn(blk.conv3, blk.bn3, out)
-    elif isinstance(blk, BasicBlock):
+    else:
         out = conv_bn(blk.conv1, blk.bn1, x).relu_()
         out = conv_bn(blk.conv2, blk.bn2, out)
-    else:
-        return blk(x)
     return out.add_(identity).relu_()
+
+
+def inner_hooks(module: nn.Module) -> bool:
+    """Whether a module inside ``module`` (not itself) has forward (pre-)hooks, or global ones exist:
+    the fast path calls the blocks' pieces directly, so such hooks would not fire."""
+    if _hooks._global_forward_hooks or _hooks._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules() if m is not module)
 
 
 def stage_forward(stage: nn.Sequential, x: Tensor) -> Tensor:
