@@ -8,7 +8,8 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from assigndet.nn import ResNetBody
-from assigndet.nn.fastpath import conv_bn, foldable
+from assigndet.nn import fastpath
+from assigndet.nn.fastpath import conv_bn, conv_bn_relu, foldable
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -144,3 +145,46 @@ def test_repeated_eval_keeps_the_folded_weights_and_switching_modes_drops_them()
         assert bn.__dict__["_assigndet_fold"] is cached
         fast.train()
         assert "_assigndet_fold" not in bn.__dict__
+
+
+fused = pytest.mark.skipif(fastpath._POINTWISE is None, reason="this torch has no oneDNN fused convolution")
+
+
+@fused
+@pytest.mark.parametrize("depth,norm", [(50, "frozen_bn"), (18, "frozen_bn"), (18, "bn")])
+def test_fused_relu_and_residual_give_the_unfused_features_and_gradients(depth, norm, monkeypatch):
+    """float32 on CPU, where the fusion runs: the same numbers as the separate conv, sum and ReLU."""
+    fast, _ = _pair(depth=depth, norm=norm, base_width=16, freeze_at=1)
+    fast.eval() if norm == "bn" else fast.train()  # a training BatchNorm is not folded, so not fused
+    x = torch.randn(2, 3, 64, 96)
+
+    def run():
+        out = fast(x)
+        loss = sum((f * f).mean() for f in out)
+        params = [p for p in fast.parameters() if p.requires_grad]
+        return out, torch.autograd.grad(loss, params)
+
+    fused_out, fused_grads = run()
+    monkeypatch.setattr(fastpath, "_POINTWISE", None)
+    out, grads = run()
+    for a, b in zip(fused_out, out):
+        assert a.is_contiguous(memory_format=torch.channels_last) and _close(a, b, 1e-6)
+    for a, b in zip(fused_grads, grads):
+        assert _close(a, b, 1e-5)
+
+
+@fused
+def test_conv_bn_relu_fuses_only_where_it_can_and_adds_the_residual():
+    conv, frozen = nn.Conv2d(8, 8, 3, padding=1), FrozenBatchNorm2d(8, eps=1e-5)
+    _random_statistics(frozen)
+    x = torch.randn(1, 8, 8, 8).contiguous(memory_format=torch.channels_last)
+    res = torch.randn(1, 8, 8, 8).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expect = (frozen(conv(x)) + res).relu()
+        assert _close(conv_bn_relu(conv, frozen, x, res), expect, 1e-6)
+        conv64, frozen64 = copy.deepcopy(conv).double(), copy.deepcopy(frozen).double()
+        unfused = conv_bn_relu(conv64, frozen64, x.double().contiguous(), res.double().contiguous())
+        assert unfused.is_contiguous() and _close(unfused.float(), expect, 1e-6)  # float64, NCHW: unfused
+        assert _close(conv_bn_relu(conv, frozen, x), frozen(conv(x)).relu(), 1e-6)
+    assert fastpath._fusable(x, res) and not fastpath._fusable(x.double(), None)
+    assert not fastpath._fusable(x, res.contiguous())  # a residual in another layout is summed apart

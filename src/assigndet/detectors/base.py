@@ -46,7 +46,8 @@ class DenseDetector(nn.Module):
         self.head = DenseHead(in_channels=cfg.fpn_channels, num_classes=cfg.num_classes,
                               num_anchors=self.anchor_generator.num_anchors_per_location, num_convs=cfg.head_convs,
                               num_levels=NUM_LEVELS, prior_prob=cfg.prior_prob,
-                              conv_bias=cfg.head_conv_bias, norm=cfg.head_norm, dcn_last=cfg.head_dcn)
+                              conv_bias=cfg.head_conv_bias, norm=cfg.head_norm, dcn_last=cfg.head_dcn,
+                              fast=cfg.fast_path)
         self.transform = build_transform(cfg.input)
         self.coder = BoxCoder(offset=cfg.offset, symmetric_clamp=cfg.coder_symmetric_clamp)
         self.offset = cfg.offset

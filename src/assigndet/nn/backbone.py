@@ -18,7 +18,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from ..variants import BackboneStyle, Norm
 from .dcn import DeformConv
-from .fastpath import conv_bn, drop_folded, inner_hooks, prefers_channels_last, stage_forward
+from .fastpath import conv_bn_relu, drop_folded, inner_hooks, prefers_channels_last, stage_forward
 
 log = logging.getLogger("assigndet")
 
@@ -137,7 +137,7 @@ class ResNetBody(nn.Module):
         if self.fast and not inner_hooks(self):
             if prefers_channels_last(x):
                 x = x.contiguous(memory_format=torch.channels_last)
-            x = self.maxpool(conv_bn(self.conv1, self.bn1, x).relu_())
+            x = self.maxpool(conv_bn_relu(self.conv1, self.bn1, x))
             stage = stage_forward
         else:
             x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

@@ -12,6 +12,14 @@ and ``eval()``, which drops the cache: do so after editing weights through ``.da
 no version; a repeated ``eval()``, as every ``inference`` call makes, keeps it). A trainable BatchNorm in training
 mode is never folded (its statistics come from the batch).
 
+Fusion: on CPU in float32 the ReLU after a folded convolution, and the residual sum before the
+ReLU at the end of a block, run inside oneDNN's convolution (``mkldnn::_convolution_pointwise``,
+the kernel ``torch.compile`` uses for the same fusion): one pass over the output instead of three.
+The backward pass is the plain one (``threshold_backward`` on the output, then
+``convolution_backward``); forward and gradients are bit-identical to the unfused ops on the
+machines tested. Anywhere else (CUDA, float64, autocast, a traced graph, a torch without oneDNN)
+the unfused ops run.
+
 A forward hook on a module inside the body (a feature extractor on ``layer3``, say) would not fire
 on the fast path, which calls the blocks' pieces itself: while one is registered the body runs its
 plain modules instead (:func:`inner_hooks`).
@@ -24,6 +32,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torch.nn.modules import module as _hooks
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import FrozenBatchNorm2d
@@ -49,7 +58,8 @@ def _bn_affine(bn: nn.Module) -> tuple[Tensor, Tensor]:
 
 
 def _tracing() -> bool:
-    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+    return (torch.compiler.is_compiling() or torch.compiler.is_exporting()
+            or torch.jit.is_tracing() or torch.jit.is_scripting())
 
 
 def drop_folded(module: nn.Module) -> None:
@@ -94,6 +104,55 @@ def conv_bn(conv: nn.Module, bn: nn.Module, x: Tensor) -> Tensor:
     return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
+#: oneDNN's convolution with fused element-wise ops (absent from builds without oneDNN)
+_POINTWISE = getattr(torch.ops.mkldnn, "_convolution_pointwise", None) if torch.backends.mkldnn.is_available() else None
+
+
+def _fusable(x: Tensor, residual: Tensor | None) -> bool:
+    if _POINTWISE is None or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4 or _tracing():
+        return False
+    if torch.is_autocast_enabled("cpu"):
+        return False
+    return residual is None or (residual.dtype == x.dtype and residual.is_contiguous(memory_format=torch.channels_last)
+                                and x.is_contiguous(memory_format=torch.channels_last))
+
+
+class _ConvReLU(torch.autograd.Function):
+    """``relu(conv2d(x, w, b) [+ residual])`` in one oneDNN call; the plain backward pass."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, residual, stride, padding, dilation, groups):
+        args = (list(padding), list(stride), list(dilation), groups)
+        if residual is None:
+            y = _POINTWISE(x, weight, bias, *args, "relu", [], "")
+        else:
+            y = _POINTWISE.binary(x, residual, weight, bias, *args, "add", 1.0, "relu", [], "")
+        ctx.save_for_backward(x, weight, y)
+        ctx.conv = (list(stride), list(padding), list(dilation), groups, bias is not None)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, weight, y = ctx.saved_tensors
+        stride, padding, dilation, groups, has_bias = ctx.conv
+        grad = torch.ops.aten.threshold_backward(grad, y, 0)  # what relu_'s backward does
+        mask = list(ctx.needs_input_grad[:3])
+        gx, gw, gb = torch.ops.aten.convolution_backward(
+            grad, x, weight, [weight.shape[0]] if has_bias else None, stride, padding, dilation,
+            False, [0, 0], groups, mask)
+        return gx, gw, gb, grad if ctx.needs_input_grad[3] else None, None, None, None, None
+
+
+def conv_bn_relu(conv: nn.Module, bn: nn.Module, x: Tensor, residual: Tensor | None = None) -> Tensor:
+    """``relu(bn(conv(x)) + residual)`` (no sum without ``residual``), fused where it can be."""
+    if foldable(conv, bn) and _fusable(x, residual):
+        weight, bias = folded_weights(conv, bn)
+        return _ConvReLU.apply(x, weight, bias, residual, conv.stride, conv.padding, conv.dilation, conv.groups)
+    out = conv_bn(conv, bn, x)
+    return (out if residual is None else out.add_(residual)).relu_()
+
+
 def _downsample(blk: nn.Module, x: Tensor) -> Tensor:
     d = blk.downsample
     if d is None:
@@ -108,14 +167,36 @@ def block_forward(blk: nn.Module, x: Tensor) -> Tensor:
     if not isinstance(blk, (Bottleneck, BasicBlock)):
         return blk(x)
     identity = _downsample(blk, x)
+    out = conv_bn_relu(blk.conv1, blk.bn1, x)
     if isinstance(blk, Bottleneck):
-        out = conv_bn(blk.conv1, blk.bn1, x).relu_()
-        out = conv_bn(blk.conv2, blk.bn2, out).relu_()
-        out = conv_bn(blk.conv3, blk.bn3, out)
-    else:
-        out = conv_bn(blk.conv1, blk.bn1, x).relu_()
-        out = conv_bn(blk.conv2, blk.bn2, out)
-    return out.add_(identity).relu_()
+        out = conv_bn_relu(blk.conv2, blk.bn2, out)
+        return conv_bn_relu(blk.conv3, blk.bn3, out, identity)
+    return conv_bn_relu(blk.conv2, blk.bn2, out, identity)
+
+
+def conv_levels(conv: nn.Conv2d, feats: list[Tensor], also: nn.Conv2d | None = None) -> list[Tensor]:
+    """``conv`` on every tensor of ``feats`` (the levels of a pyramid) with its weight laid out once
+    for all of them (channels-last when they are: oneDNN would otherwise reorder it per call and
+    per backward pass); ``also``, a second convolution of the same input and geometry, runs in the
+    same call, its output channels after ``conv``'s."""
+    weight, bias = conv.weight, conv.bias
+    if also is not None:
+        if _geometry(also) != _geometry(conv):
+            raise ValueError(f"conv_levels: {also} cannot run in one call with {conv}")
+        weight = torch.cat([weight, also.weight])
+        bias = None if bias is None and also.bias is None else torch.cat([_bias(conv), _bias(also)])
+    if feats and feats[0].is_contiguous(memory_format=torch.channels_last) and not _tracing():
+        weight = weight.contiguous(memory_format=torch.channels_last)
+    return [F.conv2d(f, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups) for f in feats]
+
+
+def _geometry(conv: nn.Conv2d) -> tuple:
+    return (type(conv), conv.in_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups,
+            conv.padding_mode)
+
+
+def _bias(conv: nn.Conv2d) -> Tensor:
+    return conv.bias if conv.bias is not None else conv.weight.new_zeros(conv.out_channels)
 
 
 def inner_hooks(module: nn.Module) -> bool:

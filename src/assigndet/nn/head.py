@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from ..variants import HeadNorm
 from .backbone import group_norm
 from .dcn import DeformConv
+from .fastpath import conv_levels, inner_hooks
 
 
 def flatten_levels(maps: list[Tensor], per_anchor: int) -> Tensor:
@@ -55,6 +56,10 @@ class DenseHead(nn.Module):
 
     ``forward`` returns logits (B, A, C), deltas (B, A, 4) and quality logits (B, A), levels
     concatenated in the anchors' order (SPEC §1.5).
+
+    ``fast`` (``model.fast_path``): each layer runs on all levels with its weight laid out once for
+    them (channels-last on CPU), and the box and quality predictors, which read the same tower, run
+    as one convolution; the plain modules run while a module inside has a forward hook.
     """
 
     def __init__(
@@ -69,8 +74,10 @@ class DenseHead(nn.Module):
         conv_bias: bool = True,
         norm: HeadNorm | str = HeadNorm.gn,
         dcn_last: bool = False,
+        fast: bool = False,
     ) -> None:
         super().__init__()
+        self.fast = fast
         norm = HeadNorm(norm)
         self.num_classes = num_classes
         self.num_anchors = num_anchors
@@ -92,6 +99,8 @@ class DenseHead(nn.Module):
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
 
     def forward(self, features: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        if self.fast and not inner_hooks(self):
+            return self._fast_forward(features)
         logits, deltas, quality = [], [], []
         for feat, scale in zip(features, self.scales):
             c = self.cls_tower(feat)
@@ -101,3 +110,22 @@ class DenseHead(nn.Module):
             quality.append(self.quality(t))  # (B, A, H, W)
         return (flatten_levels(logits, self.num_classes), flatten_levels(deltas, 4),
                 flatten_levels(quality, 1).squeeze(2))
+
+    def _fast_forward(self, features: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`forward` layer by layer over the levels (the same arithmetic)."""
+        c, t = list(features), list(features)
+        for cls_layer, box_layer in zip(self.cls_tower, self.bbox_tower):
+            c, t = _layer_levels(cls_layer, c), _layer_levels(box_layer, t)
+        logits = conv_levels(self.cls_logits, c)
+        n = 4 * self.num_anchors
+        box_quality = conv_levels(self.bbox_pred, t, also=self.quality)  # (B, 5A, H, W): deltas, then quality
+        deltas = [scale(o[:, :n]) for o, scale in zip(box_quality, self.scales)]
+        quality = [o[:, n:] for o in box_quality]
+        return (flatten_levels(logits, self.num_classes), flatten_levels(deltas, 4),
+                flatten_levels(quality, 1).squeeze(2))
+
+
+def _layer_levels(layer: nn.Module, feats: list[Tensor]) -> list[Tensor]:
+    if type(layer) is nn.Conv2d:
+        return conv_levels(layer, feats)
+    return [layer(f) for f in feats]
