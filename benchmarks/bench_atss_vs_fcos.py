@@ -6,6 +6,12 @@ the same ATSS (same weights) with ``model.fast_path=false``: what the fast path 
 into the convs, channels-last) contributes.
 
     python benchmarks/bench_atss_vs_fcos.py --repeats 7 --threads 2
+    python benchmarks/bench_atss_vs_fcos.py --repeats 5 --threads 2 --processes 3
+
+With ``--processes N`` the measurement runs in N fresh processes one after another and the
+medians of their ratios are printed beside each process's: on a shared machine whole processes
+differ (FCOS's large temporaries page-fault, and how much depends on the process's heap), by more
+than repetitions inside one process do.
 """
 from __future__ import annotations
 
@@ -41,7 +47,10 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=800)
     ap.add_argument("--width", type=int, default=1216)
     ap.add_argument("--gts", type=int, default=10)
+    ap.add_argument("--processes", type=int, default=1)
     args = ap.parse_args()
+    if args.processes > 1:
+        return across_processes(args)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     atss = assigndet.build_detector("atss_R_50_FPN_1x")
@@ -88,6 +97,19 @@ def main() -> None:
                                "cpu_inference": inf_cpu["atss"] / inf_cpu["atss_plain"],
                                "cpu_train_step": trn_cpu["atss"] / trn_cpu["atss_plain"]}}
     print(json.dumps(res, indent=1))
+
+
+#: the ratios summarised across processes
+RATIOS = ["inference_ratio_atss_over_fcos", "train_step_ratio_atss_over_fcos", "cpu_inference_ratio_atss_over_fcos",
+          "cpu_train_step_ratio_atss_over_fcos", "fast_over_plain.inference", "fast_over_plain.train_step"]
+
+
+def across_processes(args) -> None:
+    argv = [f"--{k}={v}" for k, v in vars(args).items() if k != "processes"]
+    runs = common.in_fresh_processes(__file__, argv, args.processes)
+    per_run = [common.median_of([r], RATIOS) for r in runs]
+    print(json.dumps({"processes": args.processes, "repeats": args.repeats, "threads": args.threads,
+                      "median": common.median_of(runs, RATIOS), "runs": per_run}, indent=1))
 
 
 if __name__ == "__main__":

@@ -32,3 +32,27 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], *, repeats: int = 
     LAST_CPU_MEDIANS.clear()
     LAST_CPU_MEDIANS.update({k: statistics.median(v) for k, v in cpu.items()})
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def in_fresh_processes(script: str, argv: list[str], n: int) -> list[dict]:
+    """Run ``script`` (which prints one JSON object) ``n`` times, one fresh interpreter after
+    another, and return the parsed outputs: a process's allocation history (glibc's heap, page
+    faults of large temporaries) moves its timings as a whole, more than repetitions inside it."""
+    import json
+    import subprocess
+    import sys
+
+    runs = []
+    for _ in range(n):
+        out = subprocess.run([sys.executable, script, *argv], check=True, capture_output=True, text=True).stdout
+        runs.append(json.loads(out[out.index("{"):]))
+    return runs
+
+
+def median_of(runs: list[dict], keys: list[str]) -> dict[str, float]:
+    """Per-key median over ``runs`` (nested keys as ``a.b``)."""
+    def get(run: dict, key: str) -> float:
+        for part in key.split("."):
+            run = run[part]
+        return run
+    return {k: statistics.median(get(r, k) for r in runs) for k in keys}

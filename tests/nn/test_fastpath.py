@@ -9,7 +9,8 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from assigndet.nn import ResNetBody
 from assigndet.nn import fastpath
-from assigndet.nn.fastpath import conv_bn, conv_bn_relu, foldable
+from assigndet.nn.fastpath import conv_bn, conv_bn_relu, foldable, stage_forward
+from torchvision.models.resnet import BasicBlock
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -188,3 +189,31 @@ def test_conv_bn_relu_fuses_only_where_it_can_and_adds_the_residual():
         assert _close(conv_bn_relu(conv, frozen, x), frozen(conv(x)).relu(), 1e-6)
     assert fastpath._fusable(x, res) and not fastpath._fusable(x.double(), None)
     assert not fastpath._fusable(x, res.contiguous())  # a residual in another layout is summed apart
+
+
+@fused
+def test_without_autograd_blocks_sum_into_their_own_tensors_only():
+    """Inference writes a block's result over its residual only where nobody else holds it: a stage's
+    input (a returned feature of the stage before) survives its first block even without a downsample."""
+    torch.manual_seed(0)
+    stage = nn.Sequential(*(BasicBlock(8, 8, norm_layer=FrozenBatchNorm2d) for _ in range(3))).eval()
+    _random_statistics(stage)
+    x = torch.randn(1, 8, 16, 16).contiguous(memory_format=torch.channels_last)
+    kept = x.clone()
+    with torch.no_grad():
+        expect = stage(x)
+        out = stage_forward(stage, x)
+        assert torch.equal(x, kept) and _close(out, expect, 1e-6)
+        assert _close(stage_forward(stage, x.clone(), private=True), expect, 1e-6)
+
+
+@fused
+def test_fast_body_in_inference_gives_the_unfused_features(monkeypatch):
+    fast, _ = _pair(depth=50, base_width=16)
+    fast.eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        fused_out = fast(x)
+        monkeypatch.setattr(fastpath, "_POINTWISE", None)
+        for a, b in zip(fused_out, fast(x)):
+            assert _close(a, b, 1e-6)

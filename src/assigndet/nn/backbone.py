@@ -138,11 +138,12 @@ class ResNetBody(nn.Module):
             if prefers_channels_last(x):
                 x = x.contiguous(memory_format=torch.channels_last)
             x = self.maxpool(conv_bn_relu(self.conv1, self.bn1, x))
+            c2 = stage_forward(self.layer1, x, private=True)  # the stem's output is nobody else's
             stage = stage_forward
         else:
             x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
             stage = nn.Module.__call__  # the modules themselves (with their hooks)
-        c2 = stage(self.layer1, x)
+            c2 = stage(self.layer1, x)
         c3 = stage(self.layer2, c2)
         c4 = stage(self.layer3, c3)
         c5 = stage(self.layer4, c4)

@@ -104,8 +104,10 @@ def conv_bn(conv: nn.Module, bn: nn.Module, x: Tensor) -> Tensor:
     return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
-#: oneDNN's convolution with fused element-wise ops (absent from builds without oneDNN)
+#: oneDNN's convolution with fused element-wise ops, and its variant that sums into the residual's
+#: memory (absent from builds without oneDNN)
 _POINTWISE = getattr(torch.ops.mkldnn, "_convolution_pointwise", None) if torch.backends.mkldnn.is_available() else None
+_POINTWISE_INTO = getattr(torch.ops.mkldnn, "_convolution_pointwise_", None) if _POINTWISE is not None else None
 
 
 def _fusable(x: Tensor, residual: Tensor | None) -> bool:
@@ -144,13 +146,23 @@ class _ConvReLU(torch.autograd.Function):
         return gx, gw, gb, grad if ctx.needs_input_grad[3] else None, None, None, None, None
 
 
-def conv_bn_relu(conv: nn.Module, bn: nn.Module, x: Tensor, residual: Tensor | None = None) -> Tensor:
-    """``relu(bn(conv(x)) + residual)`` (no sum without ``residual``), fused where it can be."""
+def conv_bn_relu(conv: nn.Module, bn: nn.Module, x: Tensor, residual: Tensor | None = None, *,
+                 overwrite: bool = False) -> Tensor:
+    """``relu(bn(conv(x)) + residual)`` (no sum without ``residual``), fused where it can be.
+    ``overwrite``: nobody else holds ``residual``; without autograd the result is then written into
+    its memory (no new tensor: the frozen stages and inference allocate less)."""
     if foldable(conv, bn) and _fusable(x, residual):
         weight, bias = folded_weights(conv, bn)
+        if overwrite and residual is not None and _POINTWISE_INTO is not None and not _needs_graph(x, weight, bias, residual):
+            return _POINTWISE_INTO.binary(residual, x, weight, bias, list(conv.padding), list(conv.stride),
+                                          list(conv.dilation), conv.groups, "add", 1.0, "relu", [], "")
         return _ConvReLU.apply(x, weight, bias, residual, conv.stride, conv.padding, conv.dilation, conv.groups)
     out = conv_bn(conv, bn, x)
     return (out if residual is None else out.add_(residual)).relu_()
+
+
+def _needs_graph(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _downsample(blk: nn.Module, x: Tensor) -> Tensor:
@@ -162,16 +174,18 @@ def _downsample(blk: nn.Module, x: Tensor) -> Tensor:
     return d(x)
 
 
-def block_forward(blk: nn.Module, x: Tensor) -> Tensor:
-    """torchvision's Bottleneck / BasicBlock forward with every conv + BN folded where it can be."""
+def block_forward(blk: nn.Module, x: Tensor, private: bool = False) -> Tensor:
+    """torchvision's Bottleneck / BasicBlock forward with every conv + BN folded where it can be.
+    ``private``: nobody else holds ``x``, so the block may write its result over it."""
     if not isinstance(blk, (Bottleneck, BasicBlock)):
         return blk(x)
     identity = _downsample(blk, x)
+    overwrite = private or identity is not x
     out = conv_bn_relu(blk.conv1, blk.bn1, x)
     if isinstance(blk, Bottleneck):
         out = conv_bn_relu(blk.conv2, blk.bn2, out)
-        return conv_bn_relu(blk.conv3, blk.bn3, out, identity)
-    return conv_bn_relu(blk.conv2, blk.bn2, out, identity)
+        return conv_bn_relu(blk.conv3, blk.bn3, out, identity, overwrite=overwrite)
+    return conv_bn_relu(blk.conv2, blk.bn2, out, identity, overwrite=overwrite)
 
 
 def conv_levels(conv: nn.Conv2d, feats: list[Tensor], also: nn.Conv2d | None = None) -> list[Tensor]:
@@ -207,9 +221,11 @@ def inner_hooks(module: nn.Module) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules() if m is not module)
 
 
-def stage_forward(stage: nn.Sequential, x: Tensor) -> Tensor:
-    for blk in stage:
-        x = block_forward(blk, x)
+def stage_forward(stage: nn.Sequential, x: Tensor, private: bool = False) -> Tensor:
+    """The blocks of ``stage`` in turn; ``private``: nobody else holds ``x`` (each later block's input
+    is the previous block's own output)."""
+    for i, blk in enumerate(stage):
+        x = block_forward(blk, x, private or i > 0)
     return x
 
 
