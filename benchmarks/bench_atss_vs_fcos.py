@@ -102,14 +102,16 @@ def main() -> None:
 #: the ratios summarised across processes
 RATIOS = ["inference_ratio_atss_over_fcos", "train_step_ratio_atss_over_fcos", "cpu_inference_ratio_atss_over_fcos",
           "cpu_train_step_ratio_atss_over_fcos", "fast_over_plain.inference", "fast_over_plain.train_step"]
+#: and the seconds behind them
+SECONDS = [f"{kind}.{model}" for kind in ("inference_s", "train_step_s") for model in ("atss", "atss_plain", "fcos")]
 
 
 def across_processes(args) -> None:
     argv = [f"--{k}={v}" for k, v in vars(args).items() if k != "processes"]
     runs = common.in_fresh_processes(__file__, argv, args.processes)
-    per_run = [common.median_of([r], RATIOS) for r in runs]
+    per_run = [common.median_of([r], RATIOS + SECONDS) for r in runs]
     print(json.dumps({"processes": args.processes, "repeats": args.repeats, "threads": args.threads,
-                      "median": common.median_of(runs, RATIOS), "runs": per_run}, indent=1))
+                      "median": common.median_of(runs, RATIOS + SECONDS), "runs": per_run}, indent=1))
 
 
 if __name__ == "__main__":
