@@ -101,7 +101,8 @@ def main() -> None:
 
 #: the ratios summarised across processes
 RATIOS = ["inference_ratio_atss_over_fcos", "train_step_ratio_atss_over_fcos", "cpu_inference_ratio_atss_over_fcos",
-          "cpu_train_step_ratio_atss_over_fcos", "fast_over_plain.inference", "fast_over_plain.train_step"]
+          "cpu_train_step_ratio_atss_over_fcos", "fast_over_plain.inference", "fast_over_plain.train_step",
+          "fast_over_plain.cpu_inference", "fast_over_plain.cpu_train_step"]
 #: and the seconds behind them
 SECONDS = [f"{kind}.{model}" for kind in ("inference_s", "train_step_s") for model in ("atss", "atss_plain", "fcos")]
 

@@ -16,8 +16,8 @@ Fusion: on CPU in float32 the ReLU after a folded convolution, and the residual 
 ReLU at the end of a block, run inside oneDNN's convolution (``mkldnn::_convolution_pointwise``,
 the kernel ``torch.compile`` uses for the same fusion): one pass over the output instead of three.
 The backward pass is the plain one (``threshold_backward`` on the output, then
-``convolution_backward``); forward and gradients are bit-identical to the unfused ops on the
-machines tested. Anywhere else (CUDA, float64, autocast, a traced graph, a torch without oneDNN)
+``convolution_backward``); forward and gradients were bit-identical to the unfused ops on the
+machine this was measured on (the tests allow float rounding). Anywhere else (CUDA, float64, autocast, a traced graph, a torch without oneDNN)
 the unfused ops run.
 
 A forward hook on a module inside the body (a feature extractor on ``layer3``, say) would not fire
