@@ -19,3 +19,11 @@ def test_settings_in_the_environment_win():
     env = {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "0"}
     openmp_waiting(env, load=0.0)
     assert env == {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "0"}
+
+
+def test_an_explicit_policy_keeps_its_own_spin_count():
+    """libgomp: GOMP_SPINCOUNT overrides the policy's default (ACTIVE's long spin, PASSIVE's none)."""
+    for policy in ("ACTIVE", "PASSIVE"):
+        env = {"OMP_WAIT_POLICY": policy}
+        openmp_waiting(env, load=0.0)
+        assert env == {"OMP_WAIT_POLICY": policy}

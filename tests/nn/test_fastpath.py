@@ -217,3 +217,12 @@ def test_fast_body_in_inference_gives_the_unfused_features(monkeypatch):
         monkeypatch.setattr(fastpath, "_POINTWISE", None)
         for a, b in zip(fused_out, fast(x)):
             assert _close(a, b, 1e-6)
+
+
+@fused
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # torch's own, from flags()
+def test_oneDNN_switched_off_at_run_time_runs_the_unfused_ops():
+    x = torch.randn(1, 8, 8, 8).contiguous(memory_format=torch.channels_last)
+    assert fastpath._fusable(x, None)
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert not fastpath._fusable(x, None)

@@ -59,3 +59,11 @@ def test_a_hook_inside_the_head_fires_on_every_level():
         outs, expect = fast(feats), plain(feats)
     assert [tuple(s[-2:]) for s in seen] == SIZES
     assert all(_close(a, b, 1e-5) for a, b in zip(outs, expect))
+
+
+def test_features_beyond_the_head_levels_are_ignored_on_both_paths():
+    fast, plain = _pair(num_levels=4)
+    feats = _features(True)  # five levels for a four-level head
+    with torch.no_grad():
+        outs, expect = fast(feats), plain(feats)
+    assert all(a.shape == b.shape and _close(a, b, 1e-5) for a, b in zip(outs, expect))

@@ -40,9 +40,10 @@ def openmp_waiting(env=os.environ, load: Optional[float] = None) -> None:
     ~10x slower. On a machine that looks idle they first spin briefly (``GOMP_SPINCOUNT``), so
     that back-to-back operators skip a sleep and a wake-up each: the demo's step ran 14-20 % faster
     on an idle 2-core machine, and 23 % slower beside one other busy process, hence only when idle."""
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    if "GOMP_SPINCOUNT" in env:
+    if "OMP_WAIT_POLICY" in env or "GOMP_SPINCOUNT" in env:  # libgomp: a spin count overrides the policy's
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         return
+    env["OMP_WAIT_POLICY"] = "PASSIVE"
     if load is None:
         try:
             load = os.getloadavg()[0]

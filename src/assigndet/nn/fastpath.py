@@ -17,8 +17,10 @@ ReLU at the end of a block, run inside oneDNN's convolution (``mkldnn::_convolut
 the kernel ``torch.compile`` uses for the same fusion): one pass over the output instead of three.
 The backward pass is the plain one (``threshold_backward`` on the output, then
 ``convolution_backward``); forward and gradients were bit-identical to the unfused ops on the
-machine this was measured on (the tests allow float rounding). Anywhere else (CUDA, float64, autocast, a traced graph, a torch without oneDNN)
-the unfused ops run.
+machine this was measured on (the tests allow float rounding). Anywhere else (CUDA, float64,
+autocast, a traced graph, oneDNN absent or switched off by ``torch.backends.mkldnn.flags``) the
+unfused ops run. The fused backward is not itself differentiable (``create_graph=True``, a
+gradient penalty) and has no ``torch.func`` rules: use ``model.fast_path=false`` for those.
 
 A forward hook on a module inside the body (a feature extractor on ``layer3``, say) would not fire
 on the fast path, which calls the blocks' pieces itself: while one is registered the body runs its
@@ -113,7 +115,7 @@ _POINTWISE_INTO = getattr(torch.ops.mkldnn, "_convolution_pointwise_", None) if 
 def _fusable(x: Tensor, residual: Tensor | None) -> bool:
     if _POINTWISE is None or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4 or _tracing():
         return False
-    if torch.is_autocast_enabled("cpu"):
+    if torch.is_autocast_enabled("cpu") or not torch.backends.mkldnn.enabled:  # also torch.backends.mkldnn.flags()
         return False
     return residual is None or (residual.dtype == x.dtype and residual.is_contiguous(memory_format=torch.channels_last)
                                 and x.is_contiguous(memory_format=torch.channels_last))

@@ -114,7 +114,7 @@ class DenseHead(nn.Module):
     def _fast_forward(self, features: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`forward` layer by layer over the levels: the same arithmetic, except that the merged
         predictor convolution rounds differently (float rounding: 1e-7 relative)."""
-        c, t = list(features), list(features)
+        c = t = list(features[: len(self.scales)])  # as the plain path's zip with the scales
         for cls_layer, box_layer in zip(self.cls_tower, self.bbox_tower):
             c, t = _layer_levels(cls_layer, c), _layer_levels(box_layer, t)
         logits = conv_levels(self.cls_logits, c)
