@@ -143,7 +143,11 @@ def test_train_eval_predict(trained, shapes, tmp_path, capsys):
     assert main(["eval", DEMO_PRESET, "--weights", str(trained / "model_final.safetensors"), "--out", str(out),
                  f"data.root={shapes}", *TINY]) == 0
     assert json.loads((out / "eval.json").read_text())["AP"] == ev["AP"]
-    assert "AP" in capsys.readouterr().out
+    shown = capsys.readouterr()
+    assert "AP" in shown.out and "eval:" in shown.err  # the progress bar, on stderr
+    assert main(["eval", DEMO_PRESET, "--weights", str(trained / "model_final.safetensors"), "--no-progress",
+                 f"data.root={shapes}", *TINY]) == 0
+    assert "eval:" not in capsys.readouterr().err
 
     # predict: config.yaml beside the weights, a directory of images, class names drawn
     pred = tmp_path / "pred"

@@ -70,7 +70,7 @@ def cmd_eval(args) -> int:
         model, _ = load_model(cfg, args.weights)
         if args.out:
             Path(args.out).mkdir(parents=True, exist_ok=True)
-        metrics = evaluate(model, cfg, args.out)
+        metrics = evaluate(model, cfg, args.out, progress=not args.no_progress)
         main = is_main_process()  # asked before the process group is gone
     finally:
         destroy_distributed()
@@ -199,9 +199,8 @@ def register(sub) -> None:
     p.add_argument("preset", help="preset name (`assigndet presets` lists them)")
     p.add_argument("--out", required=True, help="output directory (checkpoints, logs, eval.json)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in OUT with its saved config.yaml (only solver.max_iter, "
-                        "solver.checkpoint_period, solver.eval_period, solver.log_period, solver.keep_last, "
-                        "data.num_workers, test.num_workers and device may be overridden)")
+                   help="continue the run in OUT with its saved config.yaml (only a few overrides are "
+                        "allowed, e.g. solver.max_iter or device: a refused one is named with the allowed keys)")
     p.add_argument("--overwrite", action="store_true",
                    help="delete the files of a run already in OUT (config, checkpoints, logs, evaluation) first")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -213,6 +212,7 @@ def register(sub) -> None:
                    help="preset name; without it, the config.yaml beside the weights or the config stored in them")
     p.add_argument("--weights", required=True, help="a .safetensors file of assigndet or a released .pth")
     p.add_argument("--out", default=None, help="write eval.json, pr_curves.json and detections.json here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. test.max_images=100")
     p.set_defaults(func=cmd_eval)
 

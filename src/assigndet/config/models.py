@@ -32,7 +32,8 @@ class ModelConfig:
     # fresh initialisation (logged) instead of failing on the shape mismatch
     reinit_classifier: bool = False
     # the fast path (nn/fastpath.py): BatchNorm folded into the conv before it where it is frozen or
-    # evaluating, channels-last on CPU; the same results to float rounding. false: the plain modules
+    # evaluating, ReLU and residual sums fused into the conv and channels-last on CPU, the dense head
+    # layer by layer over the levels; the same results to float rounding. false: the plain modules
     fast_path: bool = True
 
     def __post_init__(self) -> None:

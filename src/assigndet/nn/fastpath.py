@@ -80,8 +80,7 @@ def _key(tensors) -> tuple:
 def folded_weights(conv: nn.Conv2d, bn: nn.Module) -> tuple[Tensor, Tensor]:
     """(weight, bias) of the folded convolution; cached on ``bn`` while no gradient is needed."""
     tensors = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-    needs_graph = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    if needs_graph or _tracing():  # traced graphs (export, compile) fold in the graph
+    if _needs_graph(*tensors) or _tracing():  # traced graphs (export, compile) fold in the graph
         return _fold(conv, bn)
     key = _key(tensors)
     cache = bn.__dict__.get(_CACHE)
@@ -126,13 +125,13 @@ class _ConvReLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, residual, stride, padding, dilation, groups):
-        args = (list(padding), list(stride), list(dilation), groups)
+        stride, padding, dilation = list(stride), list(padding), list(dilation)
         if residual is None:
-            y = _POINTWISE(x, weight, bias, *args, "relu", [], "")
+            y = _POINTWISE(x, weight, bias, padding, stride, dilation, groups, "relu", [], "")
         else:
-            y = _POINTWISE.binary(x, residual, weight, bias, *args, "add", 1.0, "relu", [], "")
+            y = _POINTWISE.binary(x, residual, weight, bias, padding, stride, dilation, groups, "add", 1.0, "relu", [], "")
         ctx.save_for_backward(x, weight, y)
-        ctx.conv = (list(stride), list(padding), list(dilation), groups, bias is not None)
+        ctx.conv = (stride, padding, dilation, groups, bias is not None)
         return y
 
     @staticmethod
