@@ -3,7 +3,8 @@ same backbone (FrozenBN, stem + layer1 frozen), FPN P3-P7, head (4 GN convs per 
 and 80 classes, on the same image in the same process: inference and one training step
 (forward + backward + SGD step). Times are medians of interleaved repetitions. ``atss_plain`` is
 the same ATSS (same weights) with ``model.fast_path=false``: what the fast path (FrozenBN folded
-into the convs, channels-last) contributes.
+into the convs, ReLU and residual sums fused into them, channels-last, the head layer by layer over
+the levels) contributes.
 
     python benchmarks/bench_atss_vs_fcos.py --repeats 7 --threads 2
     python benchmarks/bench_atss_vs_fcos.py --repeats 5 --threads 2 --processes 3
